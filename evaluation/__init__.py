@@ -1,0 +1,1 @@
+"""Scoring model outputs on the benchmark datasets: metrics, runs and plots."""
