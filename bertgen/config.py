@@ -95,7 +95,8 @@ class BertGenerationConfig:
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         attention = 4 * h * h + 4 * h + 2 * h
         layer = attention * (2 if self.add_cross_attention else 1) + 2 * h * i + i + h + 2 * h
-        return v * h + self.max_position_embeddings * h + 2 * h + self.num_hidden_layers * layer
+        head_bias = v if self.is_decoder else 0
+        return v * h + self.max_position_embeddings * h + 2 * h + self.num_hidden_layers * layer + head_bias
 
     # --- HF config.json ---------------------------------------------------------------
     @classmethod

