@@ -32,11 +32,9 @@ class ExactMatch(evaluate.Metric):
             description=__doc__,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features(
-                    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=[  # a list of references per prediction, or a single one
+                datasets.Features({"predictions": datasets.Value("string"), "references": references})
+                for references in (datasets.Sequence(datasets.Value("string")), datasets.Value("string"))
             ],
         )
 

@@ -41,11 +41,9 @@ class Rouge(evaluate.Metric):
             description=__doc__,
             citation="Lin (2004), ROUGE: A Package for Automatic Evaluation of Summaries",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=[
-                datasets.Features(
-                    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-                ),
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=[  # a list of references per prediction, or a single one
+                datasets.Features({"predictions": datasets.Value("string"), "references": references})
+                for references in (datasets.Sequence(datasets.Value("string")), datasets.Value("string"))
             ],
         )
 
