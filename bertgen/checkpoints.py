@@ -20,11 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import (BertGenerationConfig, ConfigError, EncoderDecoderConfig, AnyConfig,
-                     load_config, save_config)
+                     load_config, parameter_bytes, save_config)
 from .modeling import (TIED_LAYER_PARTS, BertGenerationDecoder, BertGenerationEncoder,
                        EncoderDecoderModel)
 
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# owner/name as the hub spells them: parts start and end with a letter, digit or "_" and hold
+# no "..", so that "./x" or "../x" (a missing local folder) never reads as a hub id.
+HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_](?:[\w.-]*\w)?/[A-Za-z0-9_](?:[\w.-]*\w)?$", re.ASCII)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt",
@@ -41,10 +43,12 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------------------------
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a hub id downloaded (weights, config, tokenizer)."""
+    name = str(name_or_path)
+    if not name.strip():  # Path("") is ".": an empty textbox must not load the working directory
+        raise CheckpointError("no checkpoint given: pass a checkpoint folder or a hub id (owner/name)")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
-    name = str(name_or_path)
     if not HUB_ID.match(name):
         raise CheckpointError(f"{name!r} is neither a checkpoint folder nor a hub id (owner/name)")
     return _download(name, revision)
@@ -52,7 +56,7 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Pat
 
 def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError,
+    from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     patterns = ["config.json", "generation_config.json", *TOKENIZER_FILES]
@@ -62,6 +66,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
         if not any((folder / f).exists() for f in WEIGHT_FILES):
             folder = Path(snapshot_download(repo_id, revision=revision,
                                             allow_patterns=patterns + ["pytorch_model*.bin*"]))
+    except HFValidationError as err:
+        raise CheckpointError(f"{repo_id!r} is not a valid hub id: {err}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         raise CheckpointError(f"hub has no checkpoint {repo_id!r} (revision {revision or 'main'}): "
                               f"{type(err).__name__}") from None
@@ -92,15 +98,19 @@ def read_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def _read_sharded(index_path: Path) -> dict[str, torch.Tensor]:
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{index_path}: not a valid shard index ({err})") from None
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({type(err).__name__}: {err})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path}: weight_map must map tensor names to shard file names")
     state = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = (index_path.parent / shard).resolve()
-        if index_path.parent.resolve() not in shard_path.parents:
+        # A shard is a plain file name beside the index (no folder part, no `..`, not absolute).
+        # The file itself may be a symlink elsewhere: the hub cache links snapshot files to blobs/.
+        if not shard or Path(shard).name != shard or shard in (".", "..") or "\\" in shard:
             raise CheckpointError(f"{index_path}: shard {shard!r} points outside the checkpoint folder")
-        state.update(_read_file(shard_path))
+        state.update(_read_file(index_path.parent / shard))
     return state
 
 
@@ -197,6 +207,15 @@ def _strip_prefix(model: Model, state: dict[str, torch.Tensor]) -> dict[str, tor
 
 def load_state_into(model: Model, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copies `state` into `model`; any missing, unexpected or mis-shaped key is an error."""
+    state = fit_state_dict(model, state, source)
+    with torch.no_grad():
+        for key, target in model.state_dict().items():
+            target.copy_(state[key])
+
+
+def fit_state_dict(model: Model, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """`state` renamed to `model`'s keys (tied copies filled in); CheckpointError naming every
+    missing, unexpected or mis-shaped key. Works on a meta-device model (no memory needed)."""
     state = _strip_prefix(model, _normalise_keys(state))
     if isinstance(model, BertGenerationEncoder):
         state = fold_bert_layout(state)
@@ -214,9 +233,7 @@ def load_state_into(model: Model, state: dict[str, torch.Tensor], source: str = 
     if problems:
         raise CheckpointError(f"{source} does not fit a {type(model).__name__} of its config.json; "
                               + "; ".join(problems))
-    with torch.no_grad():
-        for key, target in expected.items():
-            target.copy_(state[key])
+    return state
 
 
 # ----------------------------------------------------------------------------------------
@@ -254,7 +271,20 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
         raise CheckpointError(str(err)) from None
     state = read_state_dict(folder)
     dtype = _dtype(dtype) or torch.float32
-    model = build_model(config, device=device, dtype=dtype, init=False)
+    # A config.json that asks for a far bigger model than its weights hold is refused at once;
+    # then the weights are checked key by key on a meta-device skeleton (no memory allocated).
+    stored = sum(t.numel() for t in state.values())
+    if config.num_parameters() > 2 * stored + 1_000_000:
+        raise CheckpointError(f"{folder}/config.json asks for ~{config.num_parameters():,} parameters but its "
+                              f"weights hold {stored:,}: the config does not belong to these weights")
+    state = fit_state_dict(build_model(config, device="meta", dtype=dtype, init=False), state, str(folder))
+    try:
+        model = build_model(config, device=device, dtype=dtype, init=False)
+    except (RuntimeError, MemoryError) as err:
+        if "alloc" not in str(err).lower() and not isinstance(err, MemoryError):
+            raise
+        raise CheckpointError(f"{folder}: not enough memory for {config.num_parameters():,} parameters "
+                              f"({parameter_bytes(config, dtype.itemsize) / 2**30:.1f} GiB in {dtype})") from None
     load_state_into(model, state, source=str(folder))
     model.eval()
     model.source_dir = folder
@@ -303,14 +333,22 @@ def save(model: Model, folder: str | os.PathLike, tokenizer=None, generation_con
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config
-    save_config(config, folder)
     gen = {"decoder_start_token_id": getattr(config, "decoder_start_token_id", None),
            "bos_token_id": _top(config, "bos_token_id"), "eos_token_id": _top(config, "eos_token_id"),
            "pad_token_id": _top(config, "pad_token_id"), **(generation_config or {})}
     gen = {k: v for k, v in gen.items() if v is not None}
-    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    # The slow part first, into a temporary file: dying there leaves an existing checkpoint in
+    # this folder as it was (its config.json included); then each file is swapped in whole.
     tmp = folder / "model.safetensors.tmp"
-    save_file(export_state_dict(model, omit_tied, _dtype(dtype)), tmp, metadata={"format": "pt"})
+    try:
+        save_file(export_state_dict(model, omit_tied, _dtype(dtype)), tmp, metadata={"format": "pt"})
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    save_config(config, folder)
+    gen_tmp = folder / "generation_config.json.tmp"
+    gen_tmp.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    gen_tmp.replace(folder / "generation_config.json")
     tmp.replace(folder / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)

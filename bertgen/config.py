@@ -9,6 +9,7 @@ message before a single weight is allocated.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +29,20 @@ MAX_PARAMETERS = 40_000_000_000
 
 class ConfigError(ValueError):
     """A configuration value that no model can be built from."""
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_bool(name: str, value) -> None:
+    # JSON "false" or "no" is a truthy string: taking it as True would silently change the model.
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 @dataclass
@@ -75,7 +90,7 @@ class BertGenerationConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if self.hidden_act not in ACTIVATIONS:
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"unknown hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
@@ -83,10 +98,14 @@ class BertGenerationConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
         if not (isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1):
             raise ConfigError(f"layer_norm_eps must be in (0, 1), got {self.layer_norm_eps!r}")
+        if not (_number(self.initializer_range) and self.initializer_range >= 0):
+            raise ConfigError(f"initializer_range must be a number >= 0, got {self.initializer_range!r}")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+            if value is not None and not (_token_id(value) and value < self.vocab_size):
                 raise ConfigError(f"{name}={value!r} is not a token id below vocab_size {self.vocab_size}")
+        for name in ("use_cache", "is_decoder", "add_cross_attention", "tie_word_embeddings"):
+            _check_bool(name, getattr(self, name))
         if self.num_parameters() > MAX_PARAMETERS:
             raise ConfigError(f"config asks for ~{self.num_parameters():,} parameters; refusing to allocate")
 
@@ -102,6 +121,8 @@ class BertGenerationConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "BertGenerationConfig":
         """Accepts `bert-generation` and plain `bert` configs (the latter for warm starts)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         data = dict(data)
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs = {k: data.pop(k) for k in list(data) if k in known}
@@ -157,6 +178,7 @@ class EncoderDecoderConfig:
             self.pad_token_id = self.decoder.pad_token_id
         if self.eos_token_id is None:
             self.eos_token_id = self.decoder.eos_token_id
+        _check_bool("tie_encoder_decoder", self.tie_encoder_decoder)
         if self.tie_encoder_decoder:
             for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                          "intermediate_size", "max_position_embeddings", "hidden_act"):
@@ -167,7 +189,7 @@ class EncoderDecoderConfig:
                     )
         for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value < self.decoder.vocab_size):
+            if value is not None and not (_token_id(value) and value < self.decoder.vocab_size):
                 raise ConfigError(f"{name}={value!r} is not a token id below the decoder's vocab_size")
 
     def num_parameters(self) -> int:
@@ -181,6 +203,9 @@ class EncoderDecoderConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "EncoderDecoderConfig":
         data = dict(data)
+        for part in ("encoder", "decoder"):
+            if part in data and not isinstance(data[part], dict):
+                raise ConfigError(f"the {part} section must be a JSON object, got {type(data[part]).__name__}")
         try:
             encoder = BertGenerationConfig.from_dict(data.pop("encoder"))
             decoder = BertGenerationConfig.from_dict(data.pop("decoder"))
@@ -216,6 +241,8 @@ def config_from_dict(data: dict) -> AnyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a JSON object, got {type(data).__name__}")
     model_type = data.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise ConfigError(f"model_type must be a string, got {model_type!r}")
     if model_type == "encoder-decoder" or ("encoder" in data and "decoder" in data):
         return EncoderDecoderConfig.from_dict(data)
     if model_type in ("bert-generation", "bert", "roberta", None):
@@ -246,7 +273,9 @@ def save_config(config: AnyConfig, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.json"
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = path.with_name("config.json.tmp")  # a reader (or a crash) never sees half a file
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
 
 

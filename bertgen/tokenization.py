@@ -64,6 +64,14 @@ def clean_up_tokenization(text: str) -> str:
 def _check_text(text, where: str = "text") -> str:
     if not isinstance(text, str):
         raise TypeError(f"{where} must be a str, got {type(text).__name__}: {text!r:.80}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # the backends would fail with an opaque C++ cast error
+            raise ValueError(
+                f"{where} holds a lone surrogate (U+{ord(text[err.start]):04X} at character {err.start}), "
+                "which is not valid Unicode; it usually comes from bytes that were not valid UTF-8. "
+                "Fix the input's encoding, or decode it with errors='replace'") from None
     return text
 
 

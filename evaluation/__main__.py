@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--columns", help="map benchmark columns to the file's: name=column,...")
     run.add_argument("--split", help="split name (default: the benchmark's, or the file's name)")
     run.add_argument("--limit", type=int, help="only the first N examples")
+    run.add_argument("--max-data-mb", type=float, help="refuse data files above this size (default 1024)")
     run.add_argument("--batch-size", type=int, default=16)
     run.add_argument("--output", default="runs", help="results folder (default runs/)")
     run.add_argument("--num-shards", type=int, default=1)
@@ -84,7 +85,8 @@ def cmd_run(args) -> dict:
                             output_dir=args.output, seed=args.seed, num_shards=args.num_shards,
                             shard_index=args.shard_index, device=args.device, dtype=args.dtype,
                             columns=_columns(args.columns), sari_variant=args.sari_variant,
-                            show_progress=not args.quiet)
+                            show_progress=not args.quiet,
+                            max_data_bytes=None if args.max_data_mb is None else int(args.max_data_mb * 2**20))
     print(f"{record.run_id}: {record.status}, {record.num_done}/{record.num_examples} examples "
           f"-> {record.record_path}", file=sys.stderr)
     return _summary(record)

@@ -8,6 +8,7 @@ that says how to point at a local file instead of a stack of connection errors.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import os
@@ -19,6 +20,10 @@ import datasets
 from .benchmarks import Benchmark, get_benchmark
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# Local data files above this size are refused before reading (every row is held in memory, and
+# the app hands uploads to this module). The largest benchmark split the paper scores is well
+# under it; pass `max_bytes=` (CLI: --max-data-mb) to read a bigger file.
+MAX_DATA_BYTES = 1 << 30
 
 
 class DataError(RuntimeError):
@@ -41,11 +46,13 @@ class Examples:
 
 
 def load_examples(benchmark: str | Benchmark, *, data_files=None, split: str | None = None,
-                  columns: dict | None = None, limit: int | None = None) -> Examples:
+                  columns: dict | None = None, limit: int | None = None,
+                  max_bytes: int | None = None) -> Examples:
     """The benchmark's examples: `data_files` when given, a local copy the workspace has, or the hub.
 
     `columns` maps the benchmark's column names to a local file's ({"article": "text"}); a file
-    with plain `source`/`target` columns works for every benchmark."""
+    with plain `source`/`target` columns works for every benchmark. Local files larger than
+    `max_bytes` (default MAX_DATA_BYTES, 1 GiB), empty, binary or not UTF-8 are refused up front."""
     bench = get_benchmark(benchmark)
     if limit is not None and limit < 1:
         raise DataError(f"limit must be at least 1, got {limit}")
@@ -54,6 +61,8 @@ def load_examples(benchmark: str | Benchmark, *, data_files=None, split: str | N
         data_files = bench.local_file(split)
     if data_files is not None:
         files = _file_list(data_files)
+        for f in files:
+            _check_file(f, MAX_DATA_BYTES if max_bytes is None else max_bytes)
         dataset = _load_local(bench, files, columns)
         origin, data_hash = ", ".join(map(str, files)), "sha256:" + _hash_files(files)
     else:
@@ -63,6 +72,8 @@ def load_examples(benchmark: str | Benchmark, *, data_files=None, split: str | N
         origin = bench.hub_id
         data_hash = f"hub:{bench.hub_id}/{bench.hub_config or 'default'}/{split}"
     total = len(dataset)
+    if total == 0:
+        raise DataError(f"{origin} has no rows")
     if limit is not None:
         dataset = dataset.select(range(min(limit, total)))
     sources, references = _format(bench, dataset, origin)
@@ -95,6 +106,51 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _check_file(path: Path, max_bytes: int) -> None:
+    """Size, emptiness and content checks that `datasets` would answer with an opaque error
+    (or with gigabytes of memory): a clear DataError naming the file, and the line if known."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"{path} is {_size(size)}, over the {_size(max_bytes)} limit for data files; "
+                        f"pass max_bytes= (CLI: --max-data-mb) to read it anyway")
+    if size == 0:
+        raise DataError(f"{path} is empty")
+    if _suffix(path) == ".parquet":
+        with path.open("rb") as f:
+            head = f.read(4)
+            f.seek(max(size - 4, 0))
+            tail = f.read(4)
+        if size < 12 or head != b"PAR1" or tail != b"PAR1":
+            raise DataError(f"{path} is not a Parquet file (no PAR1 magic bytes)")
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    newline, line, blank = b"\n", 1, True
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            blank = blank and not block.strip()
+            if b"\0" in block:
+                where = line + block[:block.index(b"\0")].count(newline)
+                kind = _suffix(path).lstrip(".").upper()
+                raise DataError(f"{path}, line {where}: a NUL byte: a binary file, not {kind} text")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as err:
+                where = line + err.object[:err.start].count(newline)
+                bad = err.object[err.start:err.start + 1].hex()
+                raise DataError(f"{path}, line {where}: not valid UTF-8 (byte 0x{bad}); save the file as UTF-8") from None
+            line += block.count(newline)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not valid UTF-8 (the file ends inside a character)") from None
+    if blank:
+        raise DataError(f"{path} holds only blank lines")
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
+
+
 def _load_local(bench: Benchmark, files: list[Path], columns: dict | None) -> datasets.Dataset:
     suffix = _suffix(files[0])
     kwargs = {}
@@ -113,8 +169,17 @@ def _load_local(bench: Benchmark, files: list[Path], columns: dict | None) -> da
             dataset = datasets.load_dataset(FORMATS[suffix], data_files=[str(f) for f in files], split="train",
                                             **kwargs)
     except Exception as err:  # datasets raises many kinds (pyarrow, pandas, json) for a bad file
-        raise DataError(f"could not read {', '.join(map(str, files))}: {type(err).__name__}: {err}") from None
+        root = _root_cause(err)  # datasets wraps the useful error in "An error occurred while generating"
+        raise DataError(f"could not read {', '.join(map(str, files))}: {type(root).__name__}: {root}") from None
     return _map_columns(bench, dataset, columns, files)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    seen = {id(err)}
+    while (inner := err.__cause__ or err.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        err = inner
+    return err
 
 
 def _has_header(path: Path, bench: Benchmark, columns: dict | None) -> bool:

@@ -46,22 +46,26 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
                    shard_index: int = 0, progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, pipeline=None, device: str | None = None,
                    dtype: str | None = None, columns: dict | None = None, sari_variant: str | None = None,
-                   show_progress: bool = True) -> RunRecord:
+                   show_progress: bool = True, max_data_bytes: int | None = None) -> RunRecord:
     """Evaluates `model` (a checkpoint folder, hub id, bundled name, or "copy") on `benchmark`.
 
     Resumes the run if its record already exists in `output_dir`. `pipeline` (an object with
     `.run(texts, **settings)`) replaces loading the model, e.g. one the app already holds;
     `model` still names it in the record. `progress(done, total)` is called after every batch;
     when `should_stop()` returns True the run stops after the current batch (status "stopped",
-    resumable)."""
+    resumable). `max_data_bytes` raises the size limit on local data files (evaluation.data)."""
     bench = get_benchmark(benchmark)
     if batch_size < 1:
         raise RunError(f"batch_size must be at least 1, got {batch_size}")
     if not 0 <= shard_index < num_shards:
         raise RunError(f"shard index {shard_index} is not in 0..{num_shards - 1}")
-    examples = load_examples(bench, data_files=data_files, split=split, columns=columns, limit=limit)
+    examples = load_examples(bench, data_files=data_files, split=split, columns=columns, limit=limit,
+                             max_bytes=max_data_bytes)
     model_id, model_hash = identify_model(model)
     settings = decoding_settings(bench, model_id, settings)
+    if model_id != COPY:  # bad values fail here, before a run record is written
+        from bertgen.generation import GenerationSettings
+        GenerationSettings().replace(**settings)
     record = _open_record(bench, examples, model_id, model_hash, settings, seed, limit, batch_size,
                           num_shards, shard_index, Path(output_dir))
     record.device = str(getattr(pipeline, "device", None) or device or _default_device())

@@ -79,3 +79,32 @@ def hf_tied(tmp_path):
     model = hf_encoder_decoder(tied=True)
     model.save_pretrained(tmp_path / "tied")
     return model, tmp_path / "tied"
+
+
+# ----------------------------------------------------------------------------------------
+# A tiny saved checkpoint with a sentencepiece vocabulary (hardening tests; the app's too)
+# ----------------------------------------------------------------------------------------
+TINY_SPM_TEXTS = [f"The river number {i} floods every spring and farmers plant rice on its banks ."
+                  for i in range(40)] + ["東京 日本語 😀 👍 مرحبا بالعالم שלום עולם café naïve"] * 5
+
+
+def make_tiny_spm_checkpoint(folder: Path, max_position_embeddings: int = 32, seed: int = 0) -> Path:
+    """A random 2-layer, hidden-32 EncoderDecoderModel + spiece.model saved by bertgen in `folder`."""
+    import bertgen
+    from bertgen.config import BertGenerationConfig, EncoderDecoderConfig
+    from bertgen.tokenization import train_sentencepiece
+
+    tok = train_sentencepiece(TINY_SPM_TEXTS, 80, folder)
+    enc = BertGenerationConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=max_position_embeddings)
+    config = EncoderDecoderConfig(encoder=enc, decoder=enc.as_decoder(), decoder_start_token_id=2,
+                                  pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(seed)
+    bertgen.save(bertgen.EncoderDecoderModel(config), folder, tokenizer=tok)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_spm_checkpoint(tmp_path_factory) -> Path:
+    """Session-wide tiny checkpoint folder (32 positions); treat it as read-only."""
+    return make_tiny_spm_checkpoint(tmp_path_factory.mktemp("tiny-spm-checkpoint"))
