@@ -1,0 +1,369 @@
+"""Generation speed and memory: bertgen against transformers, same random weights, same process.
+
+Not a test: it reports numbers and ratios, it asserts nothing. For each model size and case
+(greedy batch 1, beam 4 batch 1, beam 4 batch 8; 64 input tokens; exactly 32 new tokens, EOS
+suppressed with min_new_tokens) it measures:
+
+- ms per decoding step in steady state: (time for 32 tokens - time for 1 token) / 31, so the
+  encoder and set-up are not counted; best of `--repeats`, bertgen and transformers interleaved
+  so both see the same machine load;
+- end-to-end new tokens per second (batch x 32 / time for 32 tokens, encoder included);
+- the cost of recording cross-attention (bertgen, `output_cross_attentions=True`);
+- the memory-bandwidth floor: bytes the decoder must read per step (weights, LM head, KV caches)
+  divided by the read bandwidth measured with a large tensor sum;
+- peak RSS during generation, each case in a fresh subprocess (peak reset after the model is
+  built, via /proc/self/clear_refs), next to the bytes of the weights;
+- bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
+
+Usage:  python benchmarks/bench_generation.py            # full run (~10 min on 2 cores)
+        python benchmarks/bench_generation.py --quick    # small model only, < 1 min
+Writes benchmarks/results/bench_generation.{json,md}; a full run also writes benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bertgen.config import BertGenerationConfig, EncoderDecoderConfig  # noqa: E402
+from bertgen.generation import GenerationSettings, generate  # noqa: E402
+from bertgen.modeling import EncoderDecoderModel  # noqa: E402
+from bertgen.pipeline import quantize_int8  # noqa: E402
+
+SIZES = {
+    "small": dict(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536,
+                  vocab_size=30522, tied=False),
+    "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
+                  vocab_size=50358, tied=True),
+}
+CASES = {"greedy-b1": (1, 1), "beam4-b1": (4, 1), "beam4-b8": (4, 8)}  # (beams, batch)
+INPUT_TOKENS, NEW_TOKENS = 64, 32
+PAD, EOS, START = 0, 1, 2
+THREADS = 2
+
+
+# ----------------------------------------------------------------------------------------
+# Models with the same weights
+# ----------------------------------------------------------------------------------------
+def configs(size: str) -> tuple[EncoderDecoderConfig, bool]:
+    spec = dict(SIZES[size])
+    tied = spec.pop("tied")
+    enc = BertGenerationConfig(**spec, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=START)
+    return EncoderDecoderConfig(encoder=enc, decoder=enc.as_decoder(), tie_encoder_decoder=tied,
+                                decoder_start_token_id=START, pad_token_id=PAD, eos_token_id=EOS), tied
+
+
+def build_bertgen(size: str, seed: int = 0) -> EncoderDecoderModel:
+    """Random N(0, 0.02) weights, LayerNorms at 1/0; allocated once (no init-then-tie copies)."""
+    config, _ = configs(size)
+    with torch.device("meta"):
+        model = EncoderDecoderModel(config, init=False)
+    model = model.to_empty(device="cpu")
+    model.tie_weights()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    return model.eval()
+
+
+def build_transformers(size: str, like: EncoderDecoderModel | None = None):
+    """transformers' EncoderDecoderModel; with `like`, its tensors are bertgen's (shared, no copy).
+
+    Without `like` (the memory subprocess) weights are random and stored as transformers 5
+    stores a tied checkpoint: two copies, since it no longer implements the tie."""
+    import transformers as T
+
+    config, tied = configs(size)
+    enc = T.BertGenerationConfig(**config.encoder.to_dict())
+    dec = T.BertGenerationConfig(**config.decoder.to_dict())
+    with torch.device("meta"):
+        model = T.EncoderDecoderModel(encoder=T.BertGenerationEncoder(enc), decoder=T.BertGenerationDecoder(dec))
+    if like is not None:
+        state = {k: v for k, v in like.state_dict().items()}
+        state["decoder.lm_head.decoder.bias"] = state["decoder.lm_head.bias"]
+        model.load_state_dict(state, strict=False, assign=True)
+    else:
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.02)
+    for module in model.modules():  # non-persistent buffers are in no state dict: set them here
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if name != "position_ids":
+                raise RuntimeError(f"unexpected transformers buffer {name}")
+            module.register_buffer(name, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+    model.tie_weights() if hasattr(model, "tie_weights") else None
+    for key in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
+        setattr(model.config, key, getattr(config, key))
+        setattr(model.generation_config, key, getattr(config, key))
+    return model.eval()
+
+
+def inputs(batch: int, vocab: int) -> torch.Tensor:
+    return torch.randint(3, vocab, (batch, INPUT_TOKENS), generator=torch.Generator().manual_seed(1))
+
+
+# ----------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------
+def run_bertgen(model, ids, beams: int, new: int, attentions: bool = False):
+    s = GenerationSettings(max_new_tokens=new, min_new_tokens=new, num_beams=beams,
+                           decoder_start_token_id=START, eos_token_id=EOS, pad_token_id=PAD)
+    out = generate(model, ids, None, s, output_cross_attentions=attentions)
+    assert out.sequences.shape[1] == new + 1
+
+
+def run_transformers(model, ids, beams: int, new: int):
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=beams, do_sample=False,
+                             max_new_tokens=new, min_new_tokens=new)
+    assert out.shape[1] == new + 1
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(runners: dict, repeats: int) -> dict:
+    """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved."""
+    best = {name: {"t1": float("inf"), "tn": float("inf")} for name in runners}
+    for name, fn in runners.items():
+        fn(2)  # warm-up
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            best[name]["t1"] = min(best[name]["t1"], timed(lambda: fn(1)))
+            best[name]["tn"] = min(best[name]["tn"], timed(lambda: fn(NEW_TOKENS)))
+    for b in best.values():
+        b["ms_per_step"] = 1e3 * max(b["tn"] - b["t1"], 1e-9) / (NEW_TOKENS - 1)
+    return best
+
+
+def read_bandwidth_gbs(mbytes: int = 1024, repeats: int = 5) -> float:
+    big = torch.ones(mbytes * 2**20 // 4)
+    big.sum()
+    best = min(timed(big.sum) for _ in range(repeats))
+    return big.numel() * 4 / best / 1e9
+
+
+def decoder_bytes_per_step(config: EncoderDecoderConfig, beams: int, batch: int) -> int:
+    """What one step must read: decoder weights (cross K/V projections excluded: computed once),
+    the LM head (the tied embedding matrix), and the KV caches at the middle step."""
+    d = config.decoder
+    h, i, layers = d.hidden_size, d.intermediate_size, d.num_hidden_layers
+    per_layer = (4 * h * h + 4 * h) + (2 * h * h + 2 * h) + (2 * h * i + i + h) + 3 * 2 * h
+    weights = layers * per_layer + d.vocab_size * h + d.vocab_size + 2 * h
+    rows, mid = beams * batch, NEW_TOKENS // 2
+    kv = layers * 2 * h * (rows * mid + batch * INPUT_TOKENS)
+    return 4 * (weights + kv)
+
+
+# ----------------------------------------------------------------------------------------
+# Peak RSS (a subprocess per case)
+# ----------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_child(size: str, case: str, framework: str) -> dict:
+    beams, batch = CASES[case]
+    baseline = _status_kb("VmRSS")
+    model = build_bertgen(size) if framework == "bertgen" else build_transformers(size)
+    seen, weight_bytes = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            weight_bytes += p.numel() * p.element_size()
+    ids = inputs(batch, configs(size)[0].decoder.vocab_size)
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: loading is not generation
+    before = _status_kb("VmRSS")
+    if framework == "bertgen":
+        run_bertgen(model, ids, beams, NEW_TOKENS)
+    else:
+        run_transformers(model, ids, beams, NEW_TOKENS)
+    return {"baseline_mb": baseline / 1024, "before_mb": before / 1024, "peak_mb": _status_kb("VmHWM") / 1024,
+            "weights_mb": weight_bytes / 2**20}
+
+
+def peak_rss(size: str, case: str, framework: str) -> dict | None:
+    cmd = [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--rss-child", size, case, framework]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        print(f"  rss {size} {case} {framework} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------
+def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_rss: bool, do_lowp: bool,
+               log) -> list[dict]:
+    config, _ = configs(size)
+    began = time.perf_counter()
+    model = build_bertgen(size)
+    reference = build_transformers(size, like=model)
+    log(f"{size}: built both models in {time.perf_counter() - began:.0f} s")
+    rows = []
+    for case in cases:
+        beams, batch = CASES[case]
+        ids = inputs(batch, config.decoder.vocab_size)
+        best = measure({
+            "bertgen": lambda n: run_bertgen(model, ids, beams, n),
+            "transformers": lambda n: run_transformers(reference, ids, beams, n),
+            "bertgen+attention": lambda n: run_bertgen(model, ids, beams, n, attentions=True),
+        }, repeats)
+        floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch) / (bandwidth * 1e9)
+        row = {
+            "size": size, "case": case, "beams": beams, "batch": batch,
+            "bertgen_ms_per_step": best["bertgen"]["ms_per_step"],
+            "transformers_ms_per_step": best["transformers"]["ms_per_step"],
+            "speedup": best["transformers"]["ms_per_step"] / best["bertgen"]["ms_per_step"],
+            "bertgen_tokens_per_s": batch * NEW_TOKENS / best["bertgen"]["tn"],
+            "transformers_tokens_per_s": batch * NEW_TOKENS / best["transformers"]["tn"],
+            "attention_cost_pct": 100 * (best["bertgen+attention"]["tn"] / best["bertgen"]["tn"] - 1),
+            "floor_ms_per_step": floor_ms,
+            "over_floor": best["bertgen"]["ms_per_step"] / floor_ms,
+        }
+        if do_rss:
+            row["rss_bertgen"] = peak_rss(size, case, "bertgen")
+            row["rss_transformers"] = peak_rss(size, case, "transformers")
+        rows.append(row)
+        log(f"{size} {case}: bertgen {row['bertgen_ms_per_step']:.1f} ms/step, transformers "
+            f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms, "
+            f"attention +{row['attention_cost_pct']:.1f}%")
+    if do_lowp:  # other precisions, against transformers fp32 (tokens may differ from fp32)
+        del reference
+        gc.collect()
+        variants = {"bf16": lambda: copy.deepcopy(model).to(torch.bfloat16), "int8": lambda: quantize_int8(model)}
+        for name, make in variants.items():
+            lowp = make()
+            for row in rows:
+                if row["case"] not in ("greedy-b1", "beam4-b8"):
+                    continue
+                beams, batch = row["beams"], row["batch"]
+                ids = inputs(batch, config.decoder.vocab_size)
+                best = measure({name: lambda n: run_bertgen(lowp, ids, beams, n)}, repeats)
+                row[f"{name}_ms_per_step"] = ms = best[name]["ms_per_step"]
+                row[f"{name}_speedup_vs_transformers_fp32"] = speedup = row["transformers_ms_per_step"] / ms
+                log(f"{size} {row['case']} {name}: {ms:.1f} ms/step ({speedup:.2f}x transformers fp32)")
+            del lowp
+            gc.collect()
+    return rows
+
+
+def _rss(r: dict | None) -> str:
+    if not r:
+        return "n/a"
+    above = r["peak_mb"] - r["baseline_mb"]
+    return f"{r['peak_mb']:.0f} MB ({r['peak_mb'] / r['weights_mb']:.2f}x; {above / r['weights_mb']:.2f}x)"
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        f"Generation benchmark ({meta['when']}, {meta['threads']} threads, torch {meta['torch']}, "
+        f"transformers {meta['transformers']}, fp32 unless noted; load average at start "
+        f"{meta['load_start']}, at end {meta['load_end']}; read bandwidth {meta['bandwidth_gbs']:.1f} GB/s). "
+        f"64 input tokens, 32 new tokens.",
+        "",
+        "| size | case | bertgen ms/step | transformers ms/step | speed-up | bertgen tok/s | transformers tok/s "
+        "| floor ms/step | bertgen / floor | attention capture | peak RSS bertgen (x weights; x without Python) "
+        "| peak RSS transformers (same, x its weights) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['case']} | {r['bertgen_ms_per_step']:.1f} | {r['transformers_ms_per_step']:.1f} "
+            f"| {r['speedup']:.2f}x | {r['bertgen_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} "
+            f"| {r['floor_ms_per_step']:.1f} | {r['over_floor']:.2f} | {r['attention_cost_pct']:+.1f}% "
+            f"| {_rss(r.get('rss_bertgen'))} | {_rss(r.get('rss_transformers'))} |")
+    lowp = [r for r in rows if "int8_ms_per_step" in r]
+    if lowp:
+        lines += ["", "| size | case | bertgen bf16 ms/step | speed-up vs transformers fp32 "
+                      "| bertgen int8 ms/step | speed-up vs transformers fp32 |", "|---|---|---:|---:|---:|---:|"]
+        for r in lowp:
+            lines.append(f"| {r['size']} | {r['case']} | {r['bf16_ms_per_step']:.1f} "
+                         f"| {r['bf16_speedup_vs_transformers_fp32']:.2f}x | {r['int8_ms_per_step']:.1f} "
+                         f"| {r['int8_speedup_vs_transformers_fp32']:.2f}x |")
+    lines += ["", "Peak RSS is the whole process (Python + torch + weights + caches) during generation, "
+                  "measured in a fresh subprocess per case; the second ratio leaves out the process's RSS "
+                  "before the model was built (interpreter, torch: ~225 MB). Weights: bytes of the unique "
+                  "parameters (transformers 5 holds both copies of a tied model)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, 1 repeat, no RSS/int8: < 1 min")
+    parser.add_argument("--sizes", default=None, help="comma-separated: small,large")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ",".join(CASES))
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--no-lowp", action="store_true", help="skip the bf16 and int8 measurements")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--rss-child", nargs=3, metavar=("SIZE", "CASE", "FRAMEWORK"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        print(json.dumps(rss_child(*args.rss_child)))
+        return 0
+
+    import transformers
+    sizes = (args.sizes or ("small" if args.quick else "small,large")).split(",")
+    cases = args.cases.split(",")
+    repeats = args.repeats or (1 if args.quick else 3)  # the large model: at most 2 (its beam runs are long)
+    started = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)  # noqa: E731
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "torch": torch.__version__,
+            "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
+            "load_start": round(os.getloadavg()[0], 2), "repeats": repeats}
+    meta["bandwidth_gbs"] = read_bandwidth_gbs(256 if args.quick else 1024)
+    log(f"read bandwidth {meta['bandwidth_gbs']:.1f} GB/s, load average {meta['load_start']}")
+    rows = []
+    for size in sizes:
+        rows += bench_size(size, cases, min(repeats, 2) if size == "large" else repeats, meta["bandwidth_gbs"], do_rss=not (args.quick or args.no_rss),
+                           do_lowp=not (args.quick or args.no_lowp), log=log)
+        gc.collect()
+    meta["load_end"] = round(os.getloadavg()[0], 2)
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_generation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    table = markdown(rows, meta)
+    (out / "bench_generation.md").write_text(table)
+    if not args.quick and set(sizes) == set(SIZES) and set(cases) == set(CASES) and args.out == parser.get_default("out"):
+        command = " ".join(["python benchmarks/bench_generation.py", *(argv if argv is not None else sys.argv[1:])])
+        (ROOT / "benchmarks" / "results.md").write_text(f"# Generation benchmark results\n\n`{command}`\n\n" + table)
+    print(table)
+    log(f"done in {meta['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
