@@ -223,9 +223,7 @@ def test_nothing_saved_was_changed_by_the_failures_above(ckpt):
     assert _digest(folder) == before
 
 
-# --- xfail: pipeline.py (owned by its author) -------------------------------------------
-@pytest.mark.xfail(strict=True, reason="pipeline.run(b'...') iterates the bytes: 'input 0 is a int, not a str'; "
-                                       "run(None) raises TypeError. Fix: refuse non-str/non-list inputs up front")
+# --- pipeline.py: fixed by its author, kept as regression tests ----------------------------
 def test_bytes_or_none_input_names_the_real_type(pipe):
     with pytest.raises(ValueError, match="bytes"):
         pipe.run(b"the river")
@@ -296,10 +294,6 @@ def test_bertgen_cli_odd_but_valid_stdin(ckpt, capsys, monkeypatch):
     assert [r["truncated"] for r in records] == [False, False, False, True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="__main__.py splits stdin with str.splitlines(), which also breaks lines at "
-                                       "U+2028, U+0085, \\v, \\f and \\x1c-\\x1e: one input line gives two outputs and "
-                                       "the output lines no longer match the input lines; fix: split on '\\n' only "
-                                       "(strip a trailing '\\r')")
 def test_bertgen_cli_one_output_per_input_line(ckpt, capsys, monkeypatch):
     code, out, err = _bertgen(["generate", "--model", str(ckpt[0]), "--max-new-tokens", "2", "--json"],
                               "a\u2028b\nc\x0bd\ne\x85f\n".encode(), capsys, monkeypatch)
@@ -316,9 +310,6 @@ def test_bertgen_cli_invalid_utf8_stdin_in_a_real_process(ckpt):
     assert done.stdout == b""  # nothing half-printed before the error
 
 
-@pytest.mark.xfail(strict=True, reason="__main__.py reads stdin as text, so a non-UTF-8 byte surfaces later as a "
-                                       "tokenizer error that does not say which line; fix: read sys.stdin.buffer, "
-                                       "decode strictly and report 'stdin line N is not valid UTF-8'")
 def test_bertgen_cli_names_the_bad_stdin_line(ckpt, capsys, monkeypatch):
     code, _, err = _bertgen(["generate", "--model", str(ckpt[0]), "--max-new-tokens", "2"],
                             b"fine\nalso fine\ncaf\xe9\n", capsys, monkeypatch)
@@ -880,10 +871,7 @@ def test_fuzz_valid_settings_generate_within_bounds(pipe, kw, texts):
             assert len(logprobs) == n and not math.isnan(score)
 
 
-# --- xfail: generation.py (owned by its author) --------------------------------------------
-@pytest.mark.xfail(strict=True, reason="num_beams / num_return_sequences have no upper bound: num_beams=10**9 "
-                                       "allocates ~4 GB per state tensor, runs ~75 s, then dies in the allocator "
-                                       "(RuntimeError); fix: cap both in GenerationSettings (e.g. <= 256)")
+# --- generation.py: fixed (regression tests), and one documented limitation -----------------
 @pytest.mark.parametrize("kw", [dict(num_beams=10**9), dict(do_sample=True, num_return_sequences=10**9)],
                          ids=["beams", "samples"])
 def test_huge_beam_or_sample_counts_are_refused(kw):
@@ -891,25 +879,17 @@ def test_huge_beam_or_sample_counts_are_refused(kw):
         GenerationSettings(**kw)
 
 
-@pytest.mark.xfail(strict=True, reason="seed >= 2**64 passes GenerationSettings, then sampling fails with "
-                                       "'Overflow when unpacking long long'; fix: check 0 <= seed < 2**64")
 def test_seed_beyond_64_bits_is_refused_up_front():
     with pytest.raises(ValueError, match="seed"):
         GenerationSettings(seed=2**64, do_sample=True)
 
 
-@pytest.mark.xfail(strict=True, reason="a tiny positive temperature (1e-300) turns logits into inf/nan and "
-                                       "torch.multinomial raises RuntimeError; fix: nan_to_num the scaled scores in "
-                                       "warp_scores (or floor temperature at e.g. 1e-4)")
 @pytest.mark.parametrize("beams", [1, 2])
 def test_tiny_temperature_samples_without_crashing(pipe, beams):
     (r,) = pipe.run("the river", do_sample=True, temperature=1e-300, num_beams=beams, max_new_tokens=3, seed=0)
     assert 1 <= r.new_tokens[0] <= 3
 
 
-@pytest.mark.xfail(strict=True, reason="a large finite length_penalty makes `cur_len ** length_penalty` overflow "
-                                       "a Python float in beam search (OverflowError); fix: bound |length_penalty| in "
-                                       "GenerationSettings, or compute the normaliser as a tensor")
 def test_large_length_penalty_is_refused_or_works(pipe):
     try:
         (r,) = pipe.run("the river", num_beams=3, length_penalty=1000.0, max_new_tokens=5)
