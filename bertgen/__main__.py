@@ -1,6 +1,7 @@
 """Command line: `python -m bertgen <command> ...`.
 
   generate  text -> text with a checkpoint (one input per stdin line when no text is given)
+  train     fine-tune from a checkpoint, a plain BERT (warm start) or random init; resumable
   convert   load a checkpoint and write it back in the Hugging Face layout (bertgen.save)
 
 Each command is a function `add_<name>(subparsers)` that registers its parser and handler;
@@ -163,9 +164,29 @@ def run_convert(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------
-# Other commands (train, evaluate, ...): write `add_<name>(subparsers)` and list it here.
+# train
 # ----------------------------------------------------------------------------------------
-COMMANDS = [add_generate, add_convert]
+def add_train(subparsers) -> None:
+    from .training import add_train_arguments
+
+    p = subparsers.add_parser("train", help="fine-tune (warm start, random init or a checkpoint); resumable",
+                              description="Fine-tune a BertGeneration model. Rerunning the same command "
+                                          "resumes a killed run from its last saved step.")
+    add_train_arguments(p)
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from .training import train
+
+    print(train(args))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# Other commands: write `add_<name>(subparsers)` and list it here.
+# ----------------------------------------------------------------------------------------
+COMMANDS = [add_generate, add_train, add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
