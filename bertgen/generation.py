@@ -655,19 +655,23 @@ def stream(model: EncoderDecoderModel, input_ids: Tensor, attention_mask: Tensor
     if input_ids.shape[0] != 1:
         raise ValueError(f"stream() takes one input, got a batch of {input_ids.shape[0]}")
     shown = None
-    with torch.inference_mode():
-        loop = _loop(model, input_ids, attention_mask, settings, False, False)
-        while True:
+    decode = getattr(tokenizer, "decode_generated", None) or (
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    loop = _loop(model, input_ids, attention_mask, settings, False, False)
+    while True:
+        # Inference mode per step, never held across `yield`: a consumer (Gradio) may resume
+        # this generator on another thread, where a leaked mode would break later requests.
+        with torch.inference_mode():
             try:
                 tokens = next(loop)
             except StopIteration as stop:
                 out = stop.value
                 break
-            text = tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
-            if text != shown:
-                shown = text
-                yield text
+        text = decode(tokens.tolist())
+        if text != shown:
+            shown = text
+            yield text
     n = int(out.lengths[0])
-    text = tokenizer.decode(out.sequences[0, 1:n + 1].tolist(), skip_special_tokens=True)
+    text = decode(out.sequences[0, 1:n + 1].tolist())
     if text != shown:
         yield text

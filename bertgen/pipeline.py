@@ -251,7 +251,7 @@ class Text2TextPipeline:
         generated = [out.sequences[r, 1:1 + int(out.lengths[r])].tolist() for r in rows]
         cpu = (lambda ts: None if ts is None else [ts[r].cpu() for r in rows])
         return Result(
-            texts=[tok.decode(ids, skip_special_tokens=True) for ids in generated],
+            texts=[tok.decode_generated(ids) for ids in generated],
             output_tokens=[list(tok.convert_ids_to_tokens(ids)) for ids in generated],
             input_tokens=list(tok.convert_ids_to_tokens(input_ids)),
             truncated=full_length > n_in, tokens_cut=max(full_length - n_in, 0),

@@ -237,6 +237,19 @@ class BaseTokenizer(abc.ABC):
         """Text of one sequence of ids (list or tensor); special tokens skipped by default."""
         return self._decode(_id_list(ids), skip_special_tokens)
 
+    def decode_generated(self, ids) -> str:
+        """Text of generated ids: special tokens dropped except a separator that is not also
+        the EOS (`<::::>` between split sentences, which skip_special_tokens would lose)."""
+        sep = self.sep_token_id
+        eos = self.eos_token_id  # BERT vocabularies have none: their [SEP] ends the output
+        keep = {sep} if sep is not None and eos is not None and sep != eos else set()
+        drop = set(self.all_special_ids) - keep
+        text = self._decode([i for i in _id_list(ids) if i not in drop], skip_special_tokens=False)
+        if keep:
+            token = self.convert_ids_to_tokens([sep])[0]
+            text = re.sub(r"\s*" + re.escape(token) + r"\s*", f" {token} ", text).strip()
+        return text
+
     def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
         """Texts of a batch of sequences (list of lists or a 2-D tensor)."""
         if hasattr(sequences, "tolist"):

@@ -332,3 +332,17 @@ def test_save_vocabulary_with_prefix(any_tok, tmp_path):
     files = any_tok.save_vocabulary(str(tmp_path), filename_prefix="pre")
     assert isinstance(files, tuple) and files and all(os.path.basename(f).startswith("pre-") for f in files)
     assert all(os.path.isfile(f) for f in files)
+
+
+def test_decode_generated_keeps_the_split_separator(spm_pair):
+    ours, _ = spm_pair
+    ids = ([ours.bos_token_id] + ours.encode("the first part .") + [ours.sep_token_id]
+           + ours.encode("the second part .") + [ours.eos_token_id, ours.pad_token_id])
+    assert "<::::>" not in ours.decode(ids)
+    assert ours.decode_generated(ids) == "the first part . <::::> the second part ."
+
+
+def test_decode_generated_drops_wordpiece_sep_that_ends_output(wordpiece_dir):
+    tok = load_tokenizer(wordpiece_dir)
+    ids = tok.encode("a short text", add_special_tokens=True)
+    assert tok.decode_generated(ids) == tok.decode(ids)
