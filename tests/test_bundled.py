@@ -1,0 +1,72 @@
+"""The bundled checkpoints ship, load in bertgen, transformers and the CLI, and do their task."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bertgen
+from bertgen.tasks import BUNDLED_DIR, get_task, prepare_input, split_sentences
+
+from conftest import ROOT
+
+BUNDLED = {"sentence-splitting": "wikisplit-split-small", "sentence-fusion": "wikisplit-fusion-small"}
+
+
+@pytest.mark.parametrize("task, name", BUNDLED.items())
+def test_bundled_checkpoint_is_the_offline_default(task, name):
+    folder = BUNDLED_DIR / name
+    assert (folder / "config.json").is_file(), f"{folder} is missing"
+    assert get_task(task).default_checkpoint.name == name
+    card = (folder / "README.md").read_text()
+    assert "CC BY-SA 4.0" in card and "copy the input" in card and "bash scripts/build_bundled.sh" in card
+    for path in folder.iterdir():
+        assert path.stat().st_size <= 25 * 2**20, f"{path} is over 25 MB"
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {task: bertgen.pipeline("text2text-generation", model=BUNDLED_DIR / name)
+            for task, name in BUNDLED.items()}
+
+
+def test_fusion_model_fuses(pipes):
+    info = get_task("sentence-fusion").default_checkpoint
+    text = prepare_input("Maria studied physics in Vienna. <::::> She later moved to Zurich to teach.", info)
+    out = pipes["sentence-fusion"](text)[0]["generated_text"]
+    assert "<::::>" not in out and "Vienna" in out and "Zurich" in out
+
+
+def test_split_model_output_keeps_the_separator(pipes):
+    info = get_task("sentence-splitting").default_checkpoint
+    text = prepare_input("The museum closed in 2019 for renovations, and it reopened two years later.", info)
+    out = pipes["sentence-splitting"](text)[0]["generated_text"]
+    assert "museum" in out
+    assert len(split_sentences(out)) >= 1
+
+
+def test_bundled_checkpoint_loads_in_transformers_with_the_same_logits():
+    transformers = pytest.importorskip("transformers")
+    folder = BUNDLED_DIR / BUNDLED["sentence-fusion"]
+    ours = bertgen.load(folder)
+    theirs = transformers.EncoderDecoderModel.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = bertgen.load_tokenizer(folder)
+    enc = tok(["Two short sentences . <::::> They become one ."])
+    dec = torch.tensor([[ours.config.decoder_start_token_id, 5, 6, 7]])
+    with torch.no_grad():
+        a = ours(enc["input_ids"], enc["attention_mask"], decoder_input_ids=dec).logits
+        b = theirs(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=dec).logits
+    assert (a - b).abs().max().item() < 1e-4
+
+
+def test_cli_generates_with_a_bundled_checkpoint():
+    folder = BUNDLED_DIR / BUNDLED["sentence-fusion"]
+    proc = subprocess.run([sys.executable, "-m", "bertgen", "generate", "--model", str(folder), "--num-beams", "2"],
+                          input="The river floods every spring . <::::> Farmers plant rice after the water recedes .\n",
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"river", proc.stdout), proc.stdout
