@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -168,18 +166,8 @@ def predict(model, tokenizer, sources: list[str], batch_size: int = 64, max_new_
         else:
             seqs = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens)
         for i, seq in zip(idx, seqs):
-            preds[i] = decode_keeping_sep(tokenizer, seq)
+            preds[i] = tokenizer.decode_generated(seq)
     return preds
-
-
-def decode_keeping_sep(tokenizer, ids) -> str:
-    """Decoded text without bos/eos/pad but with the `<::::>` separator, which is a special
-    token of BertGenerationTokenizer (skip_special_tokens=True would drop it from splits)."""
-    sep = getattr(tokenizer, "sep_token_id", None)
-    drop = set(getattr(tokenizer, "all_special_ids", [])) - {sep}
-    ids = [int(i) for i in ids if int(i) not in drop]
-    text = tokenizer.decode(ids, skip_special_tokens=sep is None)
-    return re.sub(r"\s*" + re.escape(SEP) + r"\s*", f" {SEP} ", text).strip()
 
 
 def score(predictions: list[str], sources: list[str], references: list[str],

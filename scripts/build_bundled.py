@@ -198,7 +198,7 @@ def write_cards(results: dict, runs: Path) -> None:
             em_goal="" if task == "split" else ", exact match >= 10%",
             io_note=("Output: two sentences separated by ` <::::> `. `<::::>` is a special token of "
                      "the tokenizer: `decode(..., skip_special_tokens=True)` drops it (keep it with "
-                     "`bertgen.training.decode_keeping_sep`, as the scores below do)." if task == "split" else
+                     "`tokenizer.decode_generated`, which the pipeline uses, as the scores below do)." if task == "split" else
                      "Input: two sentences separated by ` <::::> `; output: one sentence."),
             example=("The bridge , which opened in 1932 , carries six lanes of traffic across the harbour ."
                      if task == "split" else

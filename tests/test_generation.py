@@ -21,7 +21,7 @@ import torch
 
 import bertgen
 from bertgen.generation import GenerationSettings, generate, resolve_settings, stream
-from bertgen.pipeline import Text2TextPipeline, pipeline, prepare_model
+from bertgen.pipeline import pipeline, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 UNK, PAD, BOS, MASK = 0, 1, 2, 3  # BOS ([CLS]) is the decoder start token; EOS is chosen below

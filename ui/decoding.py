@@ -50,16 +50,17 @@ def build_controls(max_new_tokens: int, prefix: str = "", full: bool = True) -> 
                                    info="> 1 favours longer beams")
     with gr.Row(visible=full):
         no_repeat = gr.Slider(0, 6, value=0, step=1, label="No-repeat n-gram size", info="0 = off")
-        # Numbers carry no minimum/maximum: our checks name the field in their message.
-        min_new = gr.Number(0, precision=0, label="Min new tokens")
-        max_new = gr.Number(min(96, max_new_tokens), precision=0, label=f"Max new tokens (<= {max_new_tokens})",
+        # Numbers carry no minimum/maximum and no precision (precision=0 made Gradio round 1.5 to 2
+        # and fail with an empty error on NaN/inf/strings): our checks name the field in their message.
+        min_new = gr.Number(0, precision=None, label="Min new tokens")
+        max_new = gr.Number(min(96, max_new_tokens), precision=None, label=f"Max new tokens (<= {max_new_tokens})",
                             elem_id=eid("max_new_tokens"))
     with gr.Row(visible=full):
         temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
-        top_k = gr.Number(0, precision=0, label="Top-k", info="0 = off")
+        top_k = gr.Number(0, precision=None, label="Top-k", info="0 = off")
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-        seed = gr.Number(-1, precision=0, label="Seed", info="-1 = random")
-        n_return = gr.Number(1, precision=0, label="Outputs to return")
+        seed = gr.Number(-1, precision=None, label="Seed", info="-1 = random")
+        n_return = gr.Number(1, precision=None, label="Outputs to return")
     return DecodingControls(strategy, num_beams, length_penalty, no_repeat, min_new, max_new,
                             temperature, top_k, top_p, seed, n_return)
 

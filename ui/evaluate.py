@@ -84,10 +84,10 @@ def build(settings: Settings) -> None:
         upload = gr.File(label="Or your own data (JSONL, CSV, TSV)", file_types=UPLOAD_TYPES,
                          type="filepath", elem_id="eval_upload")
         with gr.Column():
-            limit = gr.Number(20, precision=0, label=f"Examples (first N, at most {settings.max_eval_examples})", elem_id="eval_limit")
+            limit = gr.Number(20, precision=None, label=f"Examples (first N, at most {settings.max_eval_examples})", elem_id="eval_limit")
             strategy = gr.Radio(["greedy", "beam"], value="beam", label="Decoding")
             beams = gr.Slider(1, 8, value=4, step=1, label="Beams")
-            max_new = gr.Number(64, precision=0, label=f"Max new tokens (<= {settings.max_new_tokens})")
+            max_new = gr.Number(64, precision=None, label=f"Max new tokens (<= {settings.max_new_tokens})")
     with gr.Row():
         run = gr.Button("Evaluate", variant="primary", elem_id="eval_btn")
         cancel = gr.Button("Cancel", variant="stop", elem_id="eval_cancel")
