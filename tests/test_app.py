@@ -409,3 +409,17 @@ def test_closing_a_stream_stops_its_decoding_thread(settings):
     for thread in [t for t in threading.enumerate() if t.name == "bertgen-stream"]:
         thread.join(timeout=10)
         assert not thread.is_alive()
+
+
+def test_attention_figure_takes_a_pipeline_result_directly():
+    """Notebooks pass a bertgen Result (output tokens per returned sequence) straight in."""
+    import torch
+    from types import SimpleNamespace
+    from ui.plots import attention_figure
+
+    result = SimpleNamespace(cross_attention=torch.rand(2, 2, 3, 4), input_tokens=["a", "b", "a", "c"],
+                             output_tokens=[["x", "y", "x"], ["z"]])
+    fig = attention_figure(result)
+    heat = fig.data[0]
+    assert list(heat.z.shape) == [3, 4]
+    assert "y" in [str(t) for t in fig.layout.yaxis.ticktext]

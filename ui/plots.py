@@ -125,6 +125,9 @@ def _field(result, name):
 
 
 def _fit(tokens, n: int) -> list[str]:
-    """Token labels for n positions (a special token the tokenizer did not list becomes '·')."""
+    """Token labels for n positions (a special token the tokenizer did not list becomes '·').
+    A pipeline Result lists output tokens per returned sequence: the first is the one shown."""
     tokens = list(tokens or [])
+    if tokens and isinstance(tokens[0], (list, tuple)):
+        tokens = list(tokens[0])
     return (tokens + ["·"] * n)[:n]
