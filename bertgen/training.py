@@ -29,6 +29,7 @@ import torch
 from . import checkpoints
 from .config import BertGenerationConfig, EncoderDecoderConfig
 from .data import SEP, DataError, load_pairs, sentences
+from .generation import generate, resolve_settings
 from .modeling import EncoderDecoderModel
 
 INITS = ("rnd2rnd", "bert2rnd", "bert2bert", "bertShare", "checkpoint")
@@ -116,40 +117,11 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
 
 
 # ----------------------------------------------------------------------------------------
-# Decoding for dev evaluation (greedy; bertgen.generation is used for beams when present)
+# Decoding for dev evaluation (through bertgen.generation, greedy or beam)
 # ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def greedy_decode(model: EncoderDecoderModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  max_new_tokens: int) -> list[list[int]]:
-    cfg = model.config
-    enc = model.encode(input_ids, attention_mask)
-    cross = model.cross_cache(enc.last_hidden_state, attention_mask)
-    rows = input_ids.shape[0]
-    cache = model.new_cache(rows, max_new_tokens + 1)
-    token = torch.full((rows, 1), cfg.decoder_start_token_id, dtype=torch.long)
-    done = torch.zeros(rows, dtype=torch.bool)
-    out = []
-    for _ in range(max_new_tokens):
-        logits, _ = model.decode_step(token, cache, cross)
-        nxt = logits.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, cfg.pad_token_id), nxt)
-        out.append(nxt)
-        done |= nxt == cfg.eos_token_id
-        if bool(done.all()):
-            break
-        token = nxt[:, None]
-    seqs = torch.stack(out, 1).tolist()
-    result = []
-    for seq in seqs:
-        if cfg.eos_token_id in seq:
-            seq = seq[:seq.index(cfg.eos_token_id)]
-        result.append(seq)
-    return result
-
-
 def predict(model, tokenizer, sources: list[str], batch_size: int = 64, max_new_tokens: int = 112,
             max_source_length: int = 96, num_beams: int = 1, **settings) -> list[str]:
-    """Decoded predictions for `sources` (greedy here; beams through bertgen.generation)."""
+    """Decoded predictions for `sources` (greedy, or beams with num_beams > 1)."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     preds: list[str] = [""] * len(sources)
@@ -158,13 +130,8 @@ def predict(model, tokenizer, sources: list[str], batch_size: int = 64, max_new_
         batch = [_encode(tokenizer, sources[i])[:max_source_length] for i in idx]
         pad = model.config.pad_token_id
         enc = collate([(s or [pad], [0]) for s in batch], pad)
-        if num_beams > 1:
-            from .generation import generate, resolve_settings
-            gs = resolve_settings(model, num_beams=num_beams, max_new_tokens=max_new_tokens, **settings)
-            seqs = generate(model, enc["input_ids"], enc["attention_mask"], gs).sequences
-            seqs = seqs.tolist() if hasattr(seqs, "tolist") else seqs
-        else:
-            seqs = greedy_decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens)
+        gs = resolve_settings(model, num_beams=num_beams, max_new_tokens=max_new_tokens, **settings)
+        seqs = generate(model, enc["input_ids"], enc["attention_mask"], gs).sequences.tolist()
         for i, seq in zip(idx, seqs):
             preds[i] = tokenizer.decode_generated(seq)
     return preds

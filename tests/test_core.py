@@ -200,6 +200,15 @@ def test_google_encoder_only_layout(tmp_path):
               ours(ids, mask).last_hidden_state[mask.bool()])
 
 
+def assert_same_logits(ref, ours):
+    """Teacher-forced logits of a transformers model and ours on a ragged batch."""
+    ids, mask = ragged_batch()
+    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
+    with torch.no_grad():
+        close(ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
+              ours(ids, mask, decoder_input_ids=dec).logits)
+
+
 def test_google_tied_layout_with_omitted_copies(tmp_path):
     """roberta2roberta_L-24_*: tie_encoder_decoder, the encoder's tied copies not in the file."""
     ref = hf_encoder_decoder(tied=True, seed=7)
@@ -208,11 +217,7 @@ def test_google_tied_layout_with_omitted_copies(tmp_path):
              if not (k.startswith("encoder.") and not "crossattention" in k)}
     torch.save(state, tmp_path / "pytorch_model.bin")
     ours = bertgen.load(tmp_path)
-    ids, mask = ragged_batch()
-    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
-    with torch.no_grad():
-        close(ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
-              ours(ids, mask, decoder_input_ids=dec).logits)
+    assert_same_logits(ref, ours)
 
 
 def test_google_untied_wordpiece_layout_sharded(tmp_path):
@@ -221,11 +226,7 @@ def test_google_untied_wordpiece_layout_sharded(tmp_path):
     ref.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     ours = bertgen.load(tmp_path)
-    ids, mask = ragged_batch()
-    dec = torch.randint(4, TINY["vocab_size"], (3, 5))
-    with torch.no_grad():
-        close(ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits,
-              ours(ids, mask, decoder_input_ids=dec).logits)
+    assert_same_logits(ref, ours)
 
 
 # ---------------------------------------------------------------------------------------
