@@ -110,7 +110,8 @@ def pairs_from_dataset(dataset, source_column: str = "source", target_column: st
                 pairs.append((row[source_column], row[target_column]))
             except KeyError as err:
                 raise DataError(f"dataset row {i} has no column {err}") from None
-    return _nonempty([(str(s), str(t)) for s, t in pairs], "dataset")
+    return _nonempty([(_text(s, f"dataset row {i}"), _text(t, f"dataset row {i}"))
+                      for i, (s, t) in enumerate(pairs)], "dataset")
 
 
 def load_pairs(spec: str | os.PathLike, direction: str = "split", source_column: str | int = "source",
@@ -196,8 +197,18 @@ def _read_jsonl(path: Path, source_column, target_column) -> list[Pair]:
         missing = [c for c in (source_column, target_column) if c not in row]
         if missing:
             raise DataError(f"{path}, line {lineno}: missing key(s) {missing}; it has {sorted(row)}")
-        pairs.append((str(row[source_column]), str(row[target_column])))
+        pairs.append(tuple(_text(row[c], f"{path}, line {lineno}, key {c!r}")
+                           for c in (source_column, target_column)))
     return _nonempty(pairs, path)
+
+
+def _text(value, where: str) -> str:
+    """A cell as text: strings and numbers; null, lists and objects are data errors, not 'None'."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: expected text, got {json.dumps(value)[:40] if value is None else type(value).__name__}")
 
 
 def _nonempty(pairs: list[Pair], where) -> list[Pair]:

@@ -705,15 +705,20 @@ def test_training_reader_refuses_binary_and_non_object_rows(tmp_path):
         read_pairs(tmp_path / "list.jsonl")
 
 
-@pytest.mark.xfail(strict=True, reason="bertgen/data.py str()s every JSONL value: a null source or target trains on "
-                                       "the word 'None'; fix: _read_jsonl should require str values (DataError naming "
-                                       "the line)")
 def test_training_reader_refuses_null_values(tmp_path):
-    from bertgen.data import DataError, read_pairs
+    # was a bug: a null source or target trained on the word 'None'
+    from bertgen.data import DataError, pairs_from_dataset, read_pairs
 
     (tmp_path / "null.jsonl").write_text('{"source": "a b .", "target": null}\n')
-    with pytest.raises(DataError, match="line 1"):
+    with pytest.raises(DataError, match="line 1, key 'target': expected text, got null"):
         read_pairs(tmp_path / "null.jsonl")
+    (tmp_path / "list.jsonl").write_text('{"source": ["a"], "target": "b"}\n')
+    with pytest.raises(DataError, match="got list"):
+        read_pairs(tmp_path / "list.jsonl")
+    (tmp_path / "num.jsonl").write_text('{"source": 1990, "target": "in 1990 ."}\n')
+    assert read_pairs(tmp_path / "num.jsonl") == [("1990", "in 1990 .")]
+    with pytest.raises(DataError, match="dataset row 1"):
+        pairs_from_dataset([{"source": "a", "target": "b"}, {"source": None, "target": "b"}])
 
 
 # ========================================================================================
