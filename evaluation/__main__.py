@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-index", type=int, default=0)
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
+    run.add_argument("--quantize", choices=["int8", "4bit"],
+                     help="int8: dynamic quantization of the linear layers (CPU); 4bit: bitsandbytes (CUDA)")
     run.add_argument("--sari-variant", choices=["paper", "common", "t2t"], help="default: the paper's")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--do-sample", action="store_true", default=None, help="sample instead of search")
@@ -84,6 +86,7 @@ def cmd_run(args) -> dict:
                             limit=args.limit, settings=settings, batch_size=args.batch_size,
                             output_dir=args.output, seed=args.seed, num_shards=args.num_shards,
                             shard_index=args.shard_index, device=args.device, dtype=args.dtype,
+                            quantize=args.quantize,
                             columns=_columns(args.columns), sari_variant=args.sari_variant,
                             show_progress=not args.quiet,
                             max_data_bytes=None if args.max_data_mb is None else int(args.max_data_mb * 2**20))

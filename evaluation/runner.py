@@ -45,15 +45,18 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
                    output_dir: str | os.PathLike = "runs", seed: int = 0, num_shards: int = 1,
                    shard_index: int = 0, progress: Callable[[int, int], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, pipeline=None, device: str | None = None,
-                   dtype: str | None = None, columns: dict | None = None, sari_variant: str | None = None,
-                   show_progress: bool = True, max_data_bytes: int | None = None) -> RunRecord:
+                   dtype: str | None = None, quantize: str | None = None, columns: dict | None = None,
+                   sari_variant: str | None = None, show_progress: bool = True,
+                   max_data_bytes: int | None = None) -> RunRecord:
     """Evaluates `model` (a checkpoint folder, hub id, bundled name, or "copy") on `benchmark`.
 
     Resumes the run if its record already exists in `output_dir`. `pipeline` (an object with
     `.run(texts, **settings)`) replaces loading the model, e.g. one the app already holds;
     `model` still names it in the record. `progress(done, total)` is called after every batch;
     when `should_stop()` returns True the run stops after the current batch (status "stopped",
-    resumable). `max_data_bytes` raises the size limit on local data files (evaluation.data)."""
+    resumable). `max_data_bytes` raises the size limit on local data files (evaluation.data).
+    `dtype` / `quantize` ("int8", "4bit") load the model as `bertgen.pipeline` does; a run in
+    another precision is another run (its own record), so their scores can be compared."""
     bench = get_benchmark(benchmark)
     if batch_size < 1:
         raise RunError(f"batch_size must be at least 1, got {batch_size}")
@@ -66,10 +69,15 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
     if model_id != COPY:  # bad values fail here, before a run record is written
         from bertgen.generation import GenerationSettings
         GenerationSettings().replace(**settings)
+    dtype = None if dtype is None else str(dtype).removeprefix("torch.")  # torch.bfloat16 -> "bfloat16"
+    from bertgen.pipeline import QUANTIZATIONS
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise RunError(f"unknown quantize={quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    precision = {k: v for k, v in (("dtype", dtype), ("quantize", quantize)) if v not in (None, "float32")}
     record = _open_record(bench, examples, model_id, model_hash, settings, seed, limit, batch_size,
-                          num_shards, shard_index, Path(output_dir))
+                          num_shards, shard_index, Path(output_dir), precision)
     record.device = str(getattr(pipeline, "device", None) or device or _default_device())
-    record.dtype = None if dtype is None else str(dtype).removeprefix("torch.")  # torch.bfloat16 -> "bfloat16"
+    record.dtype, record.quantize = dtype, quantize
     plan = plan_batches(examples.sources, record.batch_size, num_shards, shard_index)
     owned = sorted(i for _, batch in plan for i in batch)
     with _locked(record.predictions_path) as out:
@@ -177,7 +185,7 @@ def _load_pipeline(model: str, record: RunRecord):
 
     info = checkpoint_info(record.model)  # e.g. the google wikisplit model wants bos + text + eos
     return pipeline("text2text-generation", model=_model_location(model), device=record.device,
-                    dtype=record.dtype, batch_size=record.batch_size,
+                    dtype=record.dtype, quantize=record.quantize, batch_size=record.batch_size,
                     add_special_tokens=True if info is not None and info.add_special_tokens else None)
 
 
@@ -309,10 +317,13 @@ def weights_hash(folder: Path) -> str:
 
 
 def run_key(model_id: str, model_hash: str, bench: Benchmark, examples: Examples, limit, settings: dict,
-            seed: int) -> str:
-    """The group id: a hash of everything that decides the predictions, except sharding."""
+            seed: int, precision: dict | None = None) -> str:
+    """The group id: a hash of everything that decides the predictions, except sharding.
+    `precision` (dtype other than float32, quantize) only enters when set: fp32 ids stay as they were."""
     key = {"model": model_id, "model_hash": model_hash, "benchmark": bench.name, "split": examples.split,
            "data": examples.data_hash, "limit": limit, "settings": settings, "seed": seed}
+    if precision:
+        key["precision"] = precision
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -325,9 +336,9 @@ def run_id(model_id: str, bench: str, split: str, group: str, num_shards: int = 
 
 
 def _open_record(bench, examples, model_id, model_hash, settings, seed, limit, batch_size,
-                 num_shards, shard_index, output_dir: Path) -> RunRecord:
+                 num_shards, shard_index, output_dir: Path, precision: dict | None = None) -> RunRecord:
     """The existing record of this run (to resume), or a new one."""
-    group = run_key(model_id, model_hash, bench, examples, limit, settings, seed)
+    group = run_key(model_id, model_hash, bench, examples, limit, settings, seed, precision)
     rid = run_id(model_id, bench.name, examples.split, group, num_shards, shard_index)
     path = output_dir / f"{rid}.json"
     if path.is_file():

@@ -57,6 +57,7 @@ class RunRecord:
     examples_per_second: float | None = None
     device: str = "cpu"
     dtype: str | None = None
+    quantize: str | None = None  # "int8" / "4bit" (bertgen.pipeline)
     hardware: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     date: str = ""
@@ -78,8 +79,11 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """The model's short name, as plots and the leaderboard show it (a hub id or folder's last part)."""
-        return self.model.rstrip("/").rsplit("/", 1)[-1]
+        """The model's short name, as plots and the leaderboard show it (a hub id or folder's last part),
+        with its precision when it is not float32, e.g. `wikisplit-split-small (int8)`."""
+        name = self.model.rstrip("/").rsplit("/", 1)[-1]
+        precision = self.quantize or (self.dtype if self.dtype not in (None, "float32") else None)
+        return f"{name} ({precision})" if precision else name
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)

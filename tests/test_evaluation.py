@@ -29,7 +29,7 @@ from evaluation import __main__ as cli
 from evaluation import plots
 from evaluation.benchmarks import BENCHMARKS, check_registry, get_benchmark, paper_results
 from evaluation.data import DataError, load_examples
-from evaluation.runner import COPY, merge, plan_batches, run_evaluation
+from evaluation.runner import COPY, merge, plan_batches, run_evaluation, run_key
 from evaluation.runs import RunError, leaderboard, load_runs, read_predictions, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,6 +326,22 @@ def test_cli_run_loads_the_model_and_prints_metrics_last(tmp_path, tiny_model, d
     assert "4/4" in captured.err  # the progress bar
     (run,) = load_runs(tmp_path)
     assert run.settings["num_beams"] == 1 and run.settings["max_new_tokens"] == 4 and run.limit == 4
+
+
+def test_int8_run_is_its_own_run_and_says_so(tmp_path, tiny_model, data_file, capsys, reference_run):
+    base = ["run", "--model", str(tiny_model), "--benchmark", "wikisplit", "--data-files", str(data_file),
+            "--limit", "4", "--num-beams", "1", "--max-new-tokens", "4", "--output", str(tmp_path)]
+    assert cli.main(base) == 0 and cli.main(base + ["--quantize", "int8"]) == 0
+    capsys.readouterr()
+    fp32, int8 = sorted(load_runs(tmp_path), key=lambda r: r.quantize or "")
+    assert fp32.quantize is None and int8.quantize == "int8" and fp32.run_id != int8.run_id
+    assert int8.label == fp32.label + " (int8)" and int8.status == "complete" and int8.num_done == 4
+    # fp32 ids did not change with the precision field (earlier records still resume)
+    assert fp32.group_id == run_key(fp32.model, fp32.model_hash, get_benchmark("wikisplit"),
+                                    load_examples(get_benchmark("wikisplit"), data_files=[data_file], limit=4),
+                                    4, fp32.settings, 0)
+    with pytest.raises(RunError, match="unknown quantize"):
+        run_evaluation(str(tiny_model), "wikisplit", data_files=data_file, quantize="int4", output_dir=tmp_path)
 
 
 BUNDLED_SPLIT = ROOT / "checkpoints" / "wikisplit-split-small"
