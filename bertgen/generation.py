@@ -19,9 +19,10 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .checkpoints import generation_defaults
+from .kernels import linear, matmul
 from .modeling import CrossAttentionCache, EncoderDecoderModel, LMHead, SelfAttentionCache
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -286,31 +287,6 @@ class GenerationOutput:
 # ----------------------------------------------------------------------------------------
 # One decoding step
 # ----------------------------------------------------------------------------------------
-# oneDNN's fp32 matmul on plain (unpacked) weights; on this class of CPU it beats MKL's sgemv and
-# small-batch sgemm 1.2-1.9x (MKL picks slow kernels on AMD). An internal torch op: used when present.
-_ONEDNN_LINEAR = (getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-                  if torch.backends.mkldnn.is_available() else None)
-
-
-def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x [rows, in] -> [rows, out], with the fastest CPU kernel we measured for each row count:
-    2-4 rows: MKL's W @ x.T (it picks a gemv-like kernel); else oneDNN; else F.linear."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and weight.is_contiguous():
-        if 2 <= x.shape[0] <= 4:
-            if bias is None:
-                return torch.mm(weight, x.t()).t()
-            return torch.addmm(bias[:, None], weight, x.t()).t()
-        if _ONEDNN_LINEAR is not None:
-            return _ONEDNN_LINEAR(x.contiguous(), weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
-
-
-def _linear(x: Tensor, module: nn.Module) -> Tensor:
-    if type(module) is nn.Linear:
-        return _matmul(x, module.weight, module.bias)
-    return module(x)  # int8 / 4-bit layers bring their own kernels
-
-
 def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Plain attention (one query per row here): cheaper than the fused kernel, and the
     probabilities come for free, so recording them costs nothing extra."""
@@ -339,23 +315,23 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
     for i, layer in enumerate(dec.encoder.layer):
         sa, ca = layer.attention, layer.crossattention
         heads = sa.heads
-        q, k, v = (_linear(x, m).reshape(rows, heads, 1, -1) for m in (sa.self.query, sa.self.key, sa.self.value))
+        q, k, v = (linear(x, m).reshape(rows, heads, 1, -1) for m in (sa.self.query, sa.self.key, sa.self.value))
         k, v = cache.append(i, k, v)
         out, probs = _single_query_attention(q, k, v, None)
-        x = sa.output.LayerNorm(_linear(out.reshape(rows, -1), sa.output.dense) + x)
+        x = sa.output.LayerNorm(linear(out.reshape(rows, -1), sa.output.dense) + x)
         if need_weights:
             self_probs.append(probs[:, :, 0])
         # the `group` rows of one input (its beams) query that input's keys together
-        q = _linear(x, ca.self.query).reshape(rows // group, group, heads, -1).transpose(1, 2)
+        q = linear(x, ca.self.query).reshape(rows // group, group, heads, -1).transpose(1, 2)
         out, probs = _single_query_attention(q, cross.keys[i], cross.values[i], cross.mask)
-        x = ca.output.LayerNorm(_linear(out.transpose(1, 2).reshape(rows, -1), ca.output.dense) + x)
+        x = ca.output.LayerNorm(linear(out.transpose(1, 2).reshape(rows, -1), ca.output.dense) + x)
         if need_weights:
             cross_probs.append(probs.transpose(1, 2).reshape(rows, heads, -1))
-        hidden = layer.intermediate.act(_linear(x, layer.intermediate.dense))
-        x = layer.output.LayerNorm(_linear(hidden, layer.output.dense) + x)
+        hidden = layer.intermediate.act(linear(x, layer.intermediate.dense))
+        x = layer.output.LayerNorm(linear(hidden, layer.output.dense) + x)
     cache.advance(1)
     head = model.decoder.lm_head
-    logits = _matmul(x, head.decoder.weight, head.bias) if isinstance(head, LMHead) else head(x)
+    logits = matmul(x, head.decoder.weight, head.bias) if isinstance(head, LMHead) else head(x)
     return logits, self_probs, cross_probs
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BertGenerationConfig, EncoderDecoderConfig
+from .kernels import linear, matmul
 
 ACT_FNS = {
     "gelu": F.gelu,
@@ -162,7 +163,7 @@ class AddNorm(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(self.dropout(linear(x, self.dense)) + residual)
 
 
 class Attention(nn.Module):
@@ -176,7 +177,7 @@ class Attention(nn.Module):
     def self_attention(self, x: Tensor, mask: Tensor | None, cache: SelfAttentionCache | None,
                        layer: int, need_weights: bool) -> tuple[Tensor, Tensor | None]:
         p = self.self
-        q, k, v = (_split_heads(lin(x), self.heads) for lin in (p.query, p.key, p.value))
+        q, k, v = (_split_heads(linear(x, lin), self.heads) for lin in (p.query, p.key, p.value))
         if cache is not None:
             k, v = cache.append(layer, k, v)
         out, probs = attend(q, k, v, mask, self.dropout_p if self.training else 0.0, need_weights)
@@ -184,7 +185,7 @@ class Attention(nn.Module):
 
     def cross_attention(self, x: Tensor, cross: CrossAttentionCache, layer: int,
                         need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        q = _split_heads(self.self.query(x), self.heads)  # [rows, h, t, d]
+        q = _split_heads(linear(x, self.self.query), self.heads)  # [rows, h, t, d]
         rows, h, t, d = q.shape
         g = cross.group
         if g > 1:  # fold each input's beams into its query axis: [inputs, h, g*t, d]
@@ -198,8 +199,8 @@ class Attention(nn.Module):
         return self.output(_merge_heads(out), x), probs
 
     def cross_keys_values(self, encoder_hidden: Tensor) -> tuple[Tensor, Tensor]:
-        return (_split_heads(self.self.key(encoder_hidden), self.heads),
-                _split_heads(self.self.value(encoder_hidden), self.heads))
+        return (_split_heads(linear(encoder_hidden, self.self.key), self.heads),
+                _split_heads(linear(encoder_hidden, self.self.value), self.heads))
 
 
 class Intermediate(nn.Module):
@@ -209,7 +210,7 @@ class Intermediate(nn.Module):
         self.act = ACT_FNS[config.hidden_act]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.dense(x))
+        return self.act(linear(x, self.dense))
 
 
 class Layer(nn.Module):
@@ -354,7 +355,7 @@ class LMHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.decoder.weight, self.bias)
+        return matmul(x, self.decoder.weight, self.bias)
 
 
 class BertGenerationDecoder(PreTrained):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import bertgen
 from bertgen.checkpoints import CheckpointError, export_state_dict
@@ -347,3 +348,28 @@ def test_absurd_config_refused_before_allocation(tmp_path, hf_untied):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="refusing to allocate"):
         bertgen.load(folder)
+
+
+# ----------------------------------------------------------------------------------------
+# bertgen.kernels: the inference matmul equals F.linear; training goes through F.linear
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 8, 65])
+@pytest.mark.parametrize("out_f,in_f", [(48, 16), (16, 48), (32, 32)])
+def test_kernel_matmul_equals_linear(rows, out_f, in_f):
+    from bertgen.kernels import matmul
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
+    x = torch.randn(rows, in_f, generator=g)
+    with torch.inference_mode():
+        for bias in (b, None):
+            torch.testing.assert_close(matmul(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
+        x3 = x.reshape(1, rows, in_f)  # [batch, time, in] keeps its leading shape
+        assert matmul(x3, w, b).shape == (1, rows, out_f)
+
+
+def test_kernel_matmul_keeps_autograd_for_training():
+    from bertgen.kernels import linear
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    linear(x, lin).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
