@@ -223,7 +223,8 @@ def resolve_settings(model: EncoderDecoderModel, task_defaults: dict | None = No
 def process_scores(s: GenerationSettings, ids: Tensor, scores: Tensor, eos: Tensor | None) -> Tensor:
     """Repetition penalty, no-repeat n-grams, min length, min new tokens, in HF's order.
 
-    `ids` are the decoder tokens so far (start token included), `scores` [rows, vocab]."""
+    `ids` are the decoder tokens so far (start token included), `scores` [rows, vocab]; the
+    min-length ban writes into `scores` (a fresh tensor each step here: no 6 MB copy per step)."""
     cur_len = ids.shape[1]
     if s.repetition_penalty != 1.0:
         seen = scores.gather(1, ids)
@@ -240,7 +241,7 @@ def process_scores(s: GenerationSettings, ids: Tensor, scores: Tensor, eos: Tens
         banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
         scores = scores.masked_fill(banned[:, :vocab], -math.inf)
     if eos is not None and (cur_len < s.min_length or cur_len - 1 < s.min_new_tokens):
-        scores = scores.index_fill(1, eos, -math.inf)
+        scores = scores.index_fill_(1, eos, -math.inf)
     return scores
 
 
