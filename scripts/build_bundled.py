@@ -67,8 +67,13 @@ def export_stage(best: Path) -> list[Path]:
     return out
 
 
-def evaluate_folder(folder: Path, pairs, rows: int, **decoding) -> tuple[dict, float, list[str]]:
+def evaluate_folder(folder: Path, pairs, rows: int, precision: str = "float32",
+                    **decoding) -> tuple[dict, float, list[str]]:
+    from bertgen.pipeline import prepare_model
     model = checkpoints.load(folder)
+    if precision != "float32":
+        quantize, dtype = (precision, None) if precision == "int8" else (None, precision)
+        model = prepare_model(model, dtype=dtype, quantize=quantize, device="cpu")
     tokenizer = load_tokenizer(folder)
     pairs = pairs[:rows]
     sources = [s for s, _ in pairs]
@@ -79,6 +84,26 @@ def evaluate_folder(folder: Path, pairs, rows: int, **decoding) -> tuple[dict, f
         preds = predict(model, tokenizer, sources, batch_size=32, **settings)
     seconds = time.time() - t0
     return score(preds, sources, refs), seconds, preds
+
+
+def precision_stage(data: Path, runs: Path, rows: int, precision: str, tasks=("split", "fusion")) -> dict:
+    """Scores of the bundled model in another precision (int8, bfloat16) on the first `rows`
+    validation rows, next to the fp32 predictions of the eval stage on the same rows."""
+    results = {}
+    for task in tasks:
+        pairs = read_wikisplit(data / "validation.tsv", task, expected_rows=5000)[:rows]
+        fp32_path = runs / f"predictions-{task}.txt"
+        if not fp32_path.is_file():
+            raise SystemExit(f"error: run --stage eval first ({fp32_path} is missing)")
+        fp32 = fp32_path.read_text().split("\n")[:len(pairs)]
+        scores, seconds, preds = evaluate_folder(ROOT / "checkpoints" / TASKS[task], pairs, rows, precision)
+        sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        results[task] = {"rows": len(pairs), "precision": precision, "model": scores,
+                         "float32": score(fp32, sources, refs), "decode_seconds": round(seconds, 1),
+                         "same_as_float32": sum(a == b for a, b in zip(preds, fp32))}
+        (runs / f"eval-{task}-{precision}.json").write_text(json.dumps(results[task], indent=2) + "\n")
+        print(task, json.dumps(results[task]), flush=True)
+    return results
 
 
 def copy_baseline(pairs, rows: int) -> dict:
@@ -149,6 +174,11 @@ CC BY-SA 4.0 text, are shared under the same license.
 | this model (beam 4) | {m[bleu]:.2f} | {m[sari]:.2f} | {m[exact_match]:.2f} |
 | copy the input | {c[bleu]:.2f} | {c[sari]:.2f} | {c[exact_match]:.2f} |
 
+The other recipe, a bertShare warm start from all-MiniLM-L6-v2 (first 3 layers, uncased
+WordPiece 30,522), was trained 200 steps in the same budget and scored BLEU 2.6 / SARI 13.3 on
+validation rows 1-100 (greedy): it had not learned to use its new cross-attention, and at ~6x
+the cost per example it was not run longer (docs/TRAINING.md).
+{precision}
 Quality goal set for the bundled models: SARI >= copy + 5 and BLEU above copy{em_goal}.
 {verdict}
 
@@ -160,11 +190,15 @@ Rebuild (deterministic, seed 0, one thread; resumable after an interruption):
 bash scripts/build_bundled.sh
 ```
 
-Recipe: copy pre-training (reproduce each training sentence) for 2 epochs, then 5 epochs
-of split + fusion pairs; AdamW lr 1e-3, 300 warm-up steps then linear decay, batch 32,
-label smoothing 0.1, dropout 0.1, gradient clipping 1.0, max 96 tokens per side. Training
-took {train_min:.0f} minutes on 2 shared CPU cores (one torch thread); scoring the 5,000 rows
-with beam 4 took {decode_min:.1f} minutes. See docs/TRAINING.md for the experiments.
+Recipe, two runs (`scripts/build_bundled.py`): (1) from random init, copy pre-training
+(reproduce each training sentence) for {recipe[copy_epochs]} epochs, then {recipe[epochs]} epochs of split + fusion
+pairs; AdamW lr {recipe[lr]:g}, {recipe[warmup_steps]} warm-up steps then linear decay, batch {recipe[batch_size]}, label
+smoothing {recipe[label_smoothing]}, dropout {recipe[dropout]}, gradient clipping 1.0, max 96 tokens per side; (2) from
+run 1's best weights, {cont[epochs]} more epochs of the pairs with {cont[copy_mix]:g} copy examples per pair mixed
+in (so the copying skill is kept), lr {cont[lr]:g}, {cont[warmup_steps]} warm-up steps then linear decay, the
+checkpoint selected by SARI on the dev rows. Training took {train_min:.0f} minutes in all
+(run 1: {run1_min:.0f}, run 2: {run2_min:.0f}) on 2 CPU cores (one torch thread); scoring the
+5,000 rows with beam 4 took {decode_min:.1f} minutes. See docs/TRAINING.md for the experiments.
 
 ## Limitations
 
@@ -176,9 +210,36 @@ with beam 4 took {decode_min:.1f} minutes. See docs/TRAINING.md for the experime
 """
 
 
+def _train_minutes(folder: Path) -> float:
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        return 0.0
+    return max((json.loads(line).get("elapsed_s", 0) for line in log.read_text().splitlines()), default=0) / 60
+
+
+def _precision_text(runs: Path, task: str) -> str:
+    lines = []
+    for precision, what in (("int8", "int8 (dynamic quantization of the linear layers, CPU)"),
+                            ("bfloat16", "bfloat16 weights and activations")):
+        path = runs / f"eval-{task}-{precision}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            m, f = r["model"], r["float32"]
+            lines.append(f"| {what} | {m['bleu']:.2f} ({m['bleu'] - f['bleu']:+.2f}) | "
+                         f"{m['sari']:.2f} ({m['sari'] - f['sari']:+.2f}) | "
+                         f"{m['exact_match']:.2f} ({m['exact_match'] - f['exact_match']:+.2f}) | "
+                         f"{r['same_as_float32'] / r['rows']:.0%} |")
+            rows = r["rows"]
+    if not lines:
+        return ""
+    return (f"\nLower precision (`pipeline(..., quantize=\"int8\")`, `dtype=\"bfloat16\"`), first {rows:,} "
+            "validation rows, change against fp32 on the same rows in brackets:\n\n"
+            "| precision | BLEU | SARI | exact match | outputs identical to fp32 |\n|---|---|---|---|---|\n"
+            + "\n".join(lines) + "\n")
+
+
 def write_cards(results: dict, runs: Path) -> None:
-    log = [json.loads(line) for line in (runs / "rnd2rnd-both" / "log.jsonl").read_text().splitlines()]
-    train_s = max((r.get("elapsed_s", 0) for r in log), default=0)
+    run1, run2 = _train_minutes(runs / "rnd2rnd-both"), _train_minutes(runs / "rnd2rnd-both-continued")
     best = checkpoints.load(ROOT / "checkpoints" / TASKS["split"])
     vocab = best.config.decoder.vocab_size
     params = sum(p.numel() for p in best.parameters()) / 1e6
@@ -210,7 +271,8 @@ def write_cards(results: dict, runs: Path) -> None:
             example=("The bridge , which opened in 1932 , carries six lanes of traffic across the harbour ."
                      if task == "split" else
                      "Maria studied physics in Vienna . <::::> She later moved to Zurich to teach ."),
-            train_min=train_s / 60, decode_min=r["decode_seconds"] / 60)
+            recipe=RECIPE, cont=CONTINUE, run1_min=run1, run2_min=run2, train_min=run1 + run2,
+            precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
 
 
@@ -218,7 +280,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundled")
-    parser.add_argument("--stage", choices=("train", "export", "eval", "cards", "all"), default="all")
+    parser.add_argument("--stage", choices=("train", "export", "eval", "precision", "cards", "all"), default="all")
+    parser.add_argument("--precision", choices=("int8", "bfloat16"), default="int8",
+                        help="--stage precision: score the bundled model quantized / in bf16")
     parser.add_argument("--eval-rows", type=int, default=5000)
     parser.add_argument("--task", choices=("split", "fusion"), action="append")
     args = parser.parse_args()
@@ -236,6 +300,8 @@ def main() -> int:
             print("exported", folder)
     if args.stage in ("eval", "all"):
         eval_stage(args.data, args.runs, args.eval_rows, tuple(args.task or ("split", "fusion")))
+    if args.stage == "precision":
+        precision_stage(args.data, args.runs, args.eval_rows, args.precision, tuple(args.task or ("split", "fusion")))
     if args.stage in ("cards", "all"):
         write_cards({task: json.loads((args.runs / f"eval-{task}.json").read_text())
                      for task in TASKS if (args.runs / f"eval-{task}.json").is_file()}, args.runs)

@@ -3,7 +3,7 @@
 # ../shared/data/wikisplit/tune.tsv (training) and validation.tsv (selection and scores).
 # Deterministic (seed 0, one torch thread per process); resumable: after an interruption
 # run it again and training continues from its last snapshot in runs/bundled/.
-# Takes about 75 minutes of training on 2 (shared) CPU cores plus ~15 minutes of scoring.
+# Two training runs (about 80 + 110 minutes on 2 CPU cores, one thread) plus ~15 minutes of scoring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
@@ -15,5 +15,10 @@ PY="${PYTHON:-.venv/bin/python}"
 split_pid=$!
 "$PY" scripts/build_bundled.py --stage eval --task fusion "$@"
 wait "$split_pid"
+# the quality cost of int8 and bf16 on the first 1,000 rows (both in parallel)
+"$PY" scripts/build_bundled.py --stage precision --precision int8 --eval-rows 1000 "$@" &
+int8_pid=$!
+"$PY" scripts/build_bundled.py --stage precision --precision bfloat16 --eval-rows 1000 "$@"
+wait "$int8_pid"
 "$PY" scripts/build_bundled.py --stage cards "$@"
 du -sh checkpoints/wikisplit-*-small
