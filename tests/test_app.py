@@ -142,6 +142,18 @@ def test_dtype_and_device_choice():
     assert models.pick_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="dtype"):
         models.pick_dtype("float8", "cpu")
+    with pytest.raises(ValueError, match="CPU only"):
+        models.pick_dtype("int8", "cuda")
+
+
+def test_int8_serves_and_is_counted(settings):
+    fusion = models.resolve("local:tiny-fusion", settings)
+    cache = models.ModelCache(limit_bytes=10**9)
+    full, small = cache.get(fusion, "cpu", "float32"), cache.get(fusion, "cpu", "int8")
+    assert small is not full and small.dtype == "int8" and len(cache.items()) == 2
+    assert 0 < small.bytes < full.bytes  # packed int8 weights are counted, at a quarter of the size
+    (result,) = small.pipe.run(["the river flows ."], max_new_tokens=4)
+    assert result.texts[0] is not None
 
 
 # ----------------------------------------------------------------------------------------
@@ -368,6 +380,9 @@ def test_api_load_and_unload(client):
     assert "Loaded local:tiny-split" in message and "local:tiny-split" in json.dumps(table)
     message, _, table = client.predict("local:tiny-split", api_name="/unload_model")
     assert "Unloaded" in message and "local:tiny-split" not in json.dumps(table)
+    message, _, table = client.predict("local:tiny-split", "int8", api_name="/load_model")
+    assert "as int8" in message and "int8" in json.dumps(table)
+    client.predict("local:tiny-split", api_name="/unload_model")
 
 
 def test_visible_text_keeps_the_sentence_separator(settings):

@@ -147,7 +147,8 @@ def build(settings: Settings) -> None:
                 records.append(run_evaluation(
                     model_id, bench, data_files=upload or None, limit=limit, settings=decode,
                     output_dir=settings.runs_dir, progress=report, should_stop=stop.is_set,
-                    pipeline=loaded.pipe, device=loaded.device, dtype=loaded.dtype, show_progress=False))
+                    pipeline=loaded.pipe, device=loaded.device, show_progress=False,
+                    **models.precision_args(loaded.dtype)))
             except (DataError, RunError) as err:
                 raise ValueError(str(err)) from None
             if stop.is_set():

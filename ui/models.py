@@ -131,19 +131,35 @@ def pick_device(name: str = "auto") -> str:
     return name
 
 
+INT8 = "int8"  # dynamic quantization of the linear layers (bertgen.pipeline): CPU only, ~3-5x faster
+
+
 def pick_dtype(name: str, device: str) -> str:
+    """A dtype name, or "int8" (quantized, CPU)."""
     if name in ("auto", "", None):
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
+    if name == INT8:
+        if device != "cpu":
+            raise ValueError("int8 runs on the CPU only; on a GPU choose bfloat16 or float16.")
+        return name
     if name not in DTYPES:
-        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.")
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join([*DTYPES, INT8])}.")
     return name
+
+
+def precision_args(dtype: str) -> dict:
+    """`dtype` as bertgen.pipeline / evaluation keyword arguments."""
+    return {"dtype": None, "quantize": INT8} if dtype == INT8 else {"dtype": dtype, "quantize": None}
 
 
 def model_bytes(model: torch.nn.Module) -> int:
     seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    tensors = list(model.parameters()) + list(model.buffers())
+    # int8 linears keep their weights in packed params, not parameters
+    tensors += [m.weight() for m in model.modules() if callable(getattr(m, "weight", None))]
+    for t in tensors:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
@@ -155,7 +171,8 @@ def estimate_bytes(ckpt: Checkpoint, dtype: str) -> int:
     if ckpt.downloads:
         return 0
     try:
-        return load_config(ckpt.location).num_parameters() * DTYPES[dtype].itemsize
+        itemsize = 1 if dtype == INT8 else DTYPES[dtype].itemsize
+        return load_config(ckpt.location).num_parameters() * itemsize
     except (OSError, ConfigError):
         return 0
 
@@ -201,7 +218,7 @@ class ModelCache:
             special = True if ckpt.info is not None and ckpt.info.add_special_tokens else None
             try:
                 pipe = pipeline("text2text-generation", model=ckpt.location, device=device,
-                                dtype=dtype, add_special_tokens=special)
+                                add_special_tokens=special, **precision_args(dtype))
             except (CheckpointError, ConfigError, OSError) as err:
                 raise ValueError(f"Could not load {ckpt.value}: {err}") from None
             pipe.model.requires_grad_(False)  # serving only: no autograd bookkeeping, ever
