@@ -61,7 +61,6 @@ class TrainConfig:
     dropout: float = 0.1
     # schedule
     copy_epochs: int = 0               # stage 1: reproduce the training sentences
-    copy_mix: float = 0.0              # task stage also reproduces this many sentences per pair
     epochs: float = 3                  # stage 2: the task
     max_steps: int | None = None       # shortens the schedule (the LR decays to 0 there)
     stop_at_step: int | None = None    # ends the run early without changing the schedule
@@ -252,15 +251,11 @@ class Trainer:
                     _encode(self.tokenizer, tgt)[:cfg.max_target_length - 1] + [eos])
 
         self.stages: list[tuple[list, int]] = []  # (examples, epochs)
-        copies = sorted(set(sentences(pairs))) if SEP in pairs[0][0] + pairs[0][1] else \
-            sorted({t for p in pairs for t in p})
         if cfg.copy_epochs:
+            copies = sorted(set(sentences(pairs))) if SEP in pairs[0][0] + pairs[0][1] else \
+                sorted({t for p in pairs for t in p})
             self.stages.append(([tok(s, s) for s in copies], cfg.copy_epochs))
         task = [tok(s, t) for s, t in pairs]
-        if cfg.copy_mix > 0:  # keeps the copying skill alive while the task is learned
-            g = torch.Generator().manual_seed(cfg.seed)
-            keep = torch.randperm(len(copies), generator=g)[:round(cfg.copy_mix * len(task))].tolist()
-            task += [tok(copies[i], copies[i]) for i in sorted(keep)]
         full, frac = int(cfg.epochs), cfg.epochs - int(cfg.epochs)
         self.stages.append((task, full + (1 if frac > 0 else 0)))
         self._frac = frac
@@ -351,7 +346,7 @@ class Trainer:
         state = torch.load(self.resume_path, map_location="cpu", weights_only=True)
         saved = json.loads(state["config"])
         changed = [k for k in ("train_file", "direction", "init", "seed", "batch_size", "grad_accum",
-                               "copy_epochs", "copy_mix", "epochs", "lr", "max_steps")
+                               "copy_epochs", "epochs", "lr", "max_steps")
                    if saved.get(k, getattr(TrainConfig, k, None)) != getattr(self.cfg, k)]
         if changed:
             raise TrainingError(f"{self.resume_path} was written with other settings ({', '.join(changed)}); "
@@ -497,9 +492,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--dropout", type=float, default=d.dropout)
     a("--copy-epochs", type=int, default=d.copy_epochs,
       help="first train to reproduce every training sentence for N epochs (copy pre-training)")
-    a("--copy-mix", type=float, default=d.copy_mix,
-      help="task stage: also reproduce this many training sentences per task pair (e.g. 0.3), "
-      "so the copying skill is not forgotten")
     a("--epochs", type=float, default=d.epochs)
     a("--max-steps", type=int, help="shorter schedule: the LR decays to 0 at this step")
     a("--stop-at-step", type=int, help="end the run at this step without changing the LR schedule "

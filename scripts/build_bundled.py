@@ -39,20 +39,13 @@ RECIPE = dict(direction="both", init="rnd2rnd", vocab_size=4000, hidden_size=256
               lr=1e-3, warmup_steps=300, label_smoothing=0.1, max_source_length=96,
               max_target_length=96, eval_every=400, eval_rows=200, metric="bleu",
               save_dtype="float16", seed=0, threads=1)
-# Then a second run continues from the first one's best weights: more task epochs at a lower
-# peak learning rate, with copy examples mixed in so the copying skill is not forgotten.
-CONTINUE = dict(direction="both", init="checkpoint", copy_mix=0.3, epochs=9, batch_size=32, lr=4e-4,
-                warmup_steps=100, label_smoothing=0.1, max_source_length=96, max_target_length=96,
-                eval_every=400, eval_rows=200, metric="sari", save_dtype="float16", seed=0, threads=1)
 COMMAND = "bash scripts/build_bundled.sh"
 
 
 def train_stage(data: Path, runs: Path) -> Path:
-    files = dict(train_file=str(data / "tune.tsv"), dev_file=str(data / "validation.tsv"),
-                 generation_config=DECODING)
-    first = train(TrainConfig(output_dir=str(runs / "rnd2rnd-both"), **files, **RECIPE))
-    return train(TrainConfig(output_dir=str(runs / "rnd2rnd-both-continued"), base=str(first),
-                             **files, **CONTINUE))
+    cfg = TrainConfig(output_dir=str(runs / "rnd2rnd-both"), train_file=str(data / "tune.tsv"),
+                      dev_file=str(data / "validation.tsv"), generation_config=DECODING, **RECIPE)
+    return train(cfg)
 
 
 def export_stage(best: Path) -> list[Path]:
@@ -190,15 +183,13 @@ Rebuild (deterministic, seed 0, one thread; resumable after an interruption):
 bash scripts/build_bundled.sh
 ```
 
-Recipe, two runs (`scripts/build_bundled.py`): (1) from random init, copy pre-training
-(reproduce each training sentence) for {recipe[copy_epochs]} epochs, then {recipe[epochs]} epochs of split + fusion
-pairs; AdamW lr {recipe[lr]:g}, {recipe[warmup_steps]} warm-up steps then linear decay, batch {recipe[batch_size]}, label
-smoothing {recipe[label_smoothing]}, dropout {recipe[dropout]}, gradient clipping 1.0, max 96 tokens per side; (2) from
-run 1's best weights, {cont[epochs]} more epochs of the pairs with {cont[copy_mix]:g} copy examples per pair mixed
-in (so the copying skill is kept), lr {cont[lr]:g}, {cont[warmup_steps]} warm-up steps then linear decay, the
-checkpoint selected by SARI on the dev rows. Training took {train_min:.0f} minutes in all
-(run 1: {run1_min:.0f}, run 2: {run2_min:.0f}) on 2 CPU cores (one torch thread); scoring the
-5,000 rows with beam 4 took {decode_min:.1f} minutes. See docs/TRAINING.md for the experiments.
+Recipe (`scripts/build_bundled.py`): from random init, copy pre-training (reproduce each
+training sentence) for {recipe[copy_epochs]} epochs, then {recipe[epochs]} epochs of split + fusion pairs; AdamW lr
+{recipe[lr]:g}, {recipe[warmup_steps]} warm-up steps then linear decay, batch {recipe[batch_size]}, label smoothing
+{recipe[label_smoothing]}, dropout {recipe[dropout]}, gradient clipping 1.0, max 96 tokens per side. Training took
+{train_min:.0f} minutes on 2 CPU cores (one torch thread); scoring the 5,000 rows with beam 4 took
+{decode_min:.1f} minutes. Continuing it for more epochs (lower learning rates, with or without
+copy examples mixed in) did not improve the dev scores: see docs/TRAINING.md for the experiments.
 
 ## Limitations
 
@@ -239,7 +230,7 @@ def _precision_text(runs: Path, task: str) -> str:
 
 
 def write_cards(results: dict, runs: Path) -> None:
-    run1, run2 = _train_minutes(runs / "rnd2rnd-both"), _train_minutes(runs / "rnd2rnd-both-continued")
+    train_min = _train_minutes(runs / "rnd2rnd-both")
     best = checkpoints.load(ROOT / "checkpoints" / TASKS["split"])
     vocab = best.config.decoder.vocab_size
     params = sum(p.numel() for p in best.parameters()) / 1e6
@@ -271,7 +262,7 @@ def write_cards(results: dict, runs: Path) -> None:
             example=("The bridge , which opened in 1932 , carries six lanes of traffic across the harbour ."
                      if task == "split" else
                      "Maria studied physics in Vienna . <::::> She later moved to Zurich to teach ."),
-            recipe=RECIPE, cont=CONTINUE, run1_min=run1, run2_min=run2, train_min=run1 + run2,
+            recipe=RECIPE, train_min=train_min,
             precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
 
@@ -292,7 +283,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
     args.runs.mkdir(parents=True, exist_ok=True)
-    best = args.runs / "rnd2rnd-both-continued" / "best"
+    best = args.runs / "rnd2rnd-both" / "best"
     if args.stage in ("train", "all"):
         best = train_stage(args.data, args.runs)
     if args.stage in ("export", "all"):

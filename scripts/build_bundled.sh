@@ -3,7 +3,7 @@
 # ../shared/data/wikisplit/tune.tsv (training) and validation.tsv (selection and scores).
 # Deterministic (seed 0, one torch thread per process); resumable: after an interruption
 # run it again and training continues from its last snapshot in runs/bundled/.
-# Two training runs (about 80 + 110 minutes on 2 CPU cores, one thread) plus ~15 minutes of scoring.
+# About 80 minutes of training on 2 CPU cores (one thread) plus ~20 minutes of scoring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1

@@ -83,17 +83,6 @@ def test_dev_evaluation_keeps_best(tmp_path, toy_file):
     assert len(trainer.history) == 2
 
 
-def test_copy_mix_adds_seeded_copy_examples_to_the_task_stage(tmp_path, toy_file):
-    plain = Trainer(_tiny(tmp_path / "a", toy_file))
-    mixed = Trainer(_tiny(tmp_path / "b", toy_file, copy_mix=0.25))
-    task, extra = plain.stages[-1][0], mixed.stages[-1][0][len(plain.stages[-1][0]):]
-    assert mixed.stages[-1][0][:len(task)] == task and len(extra) == 16  # 0.25 x 64 pairs
-    eos = mixed.eos
-    assert all(t == s + [eos] for s, t in extra)  # each one reproduces a training sentence
-    again = Trainer(_tiny(tmp_path / "c", toy_file, copy_mix=0.25))
-    assert again.stages[-1][0] == mixed.stages[-1][0]  # same seed, same sample
-
-
 def test_data_order_is_a_function_of_seed_and_epoch():
     lengths = [i % 17 for i in range(300)]
     a = epoch_batches(lengths, 8, seed=1, stage=0, epoch=3)
