@@ -32,6 +32,14 @@ TASKS = ("text2text-generation",)
 QUANTIZATIONS = ("int8", "4bit")
 
 
+def precision_args(precision: str | None) -> dict:
+    """One precision name ("float32", "bfloat16", "float16", "int8", "4bit") as the `dtype` /
+    `quantize` keyword arguments of `prepare_model` and `pipeline`."""
+    if precision in QUANTIZATIONS:
+        return {"dtype": None, "quantize": precision}
+    return {"dtype": precision, "quantize": None}
+
+
 # ----------------------------------------------------------------------------------------
 # Preparing a model for a device
 # ----------------------------------------------------------------------------------------

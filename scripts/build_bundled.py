@@ -62,11 +62,8 @@ def export_stage(best: Path) -> list[Path]:
 
 def evaluate_folder(folder: Path, pairs, rows: int, precision: str = "float32",
                     **decoding) -> tuple[dict, float, list[str]]:
-    from bertgen.pipeline import prepare_model
-    model = checkpoints.load(folder)
-    if precision != "float32":
-        quantize, dtype = (precision, None) if precision == "int8" else (None, precision)
-        model = prepare_model(model, dtype=dtype, quantize=quantize, device="cpu")
+    from bertgen.pipeline import precision_args, prepare_model
+    model = prepare_model(checkpoints.load(folder), device="cpu", **precision_args(precision))
     tokenizer = load_tokenizer(folder)
     pairs = pairs[:rows]
     sources = [s for s, _ in pairs]

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from bertgen.pipeline import precision_args
 from evaluation import plots as eval_plots
 from evaluation.benchmarks import BENCHMARKS, get_benchmark
 from evaluation.data import DataError
@@ -148,7 +149,7 @@ def build(settings: Settings) -> None:
                     model_id, bench, data_files=upload or None, limit=limit, settings=decode,
                     output_dir=settings.runs_dir, progress=report, should_stop=stop.is_set,
                     pipeline=loaded.pipe, device=loaded.device, show_progress=False,
-                    **models.precision_args(loaded.dtype)))
+                    **precision_args(loaded.dtype)))
             except (DataError, RunError) as err:
                 raise ValueError(str(err)) from None
             if stop.is_set():

@@ -23,7 +23,7 @@ import torch
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
-from bertgen.pipeline import pipeline
+from bertgen.pipeline import pipeline, precision_args
 
 from .settings import Settings
 
@@ -147,11 +147,6 @@ def pick_dtype(name: str, device: str) -> str:
     if name not in DTYPES:
         raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join([*DTYPES, INT8])}.")
     return name
-
-
-def precision_args(dtype: str) -> dict:
-    """`dtype` as bertgen.pipeline / evaluation keyword arguments."""
-    return {"dtype": None, "quantize": INT8} if dtype == INT8 else {"dtype": dtype, "quantize": None}
 
 
 def model_bytes(model: torch.nn.Module) -> int:
