@@ -28,6 +28,7 @@ SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("top_k", int, "sample from the k most likely tokens (0: all)"),
     ("top_p", float, "sample from the smallest set with this probability mass"),
     ("seed", int, "random seed for sampling (reproducible output)"),
+    ("required_token_id", int, "no EOS before this token id was generated (split models: the <::::> id)"),
 )
 
 

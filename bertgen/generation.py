@@ -57,6 +57,9 @@ class GenerationSettings:
     top_k: int = 50
     top_p: float = 1.0
     seed: int | None = None
+    # bertgen's own (not in transformers): EOS is banned until this token has been generated.
+    # The bundled split checkpoint sets it to `<::::>`: a split model must return two sentences.
+    required_token_id: int | None = None
     decoder_start_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
@@ -69,7 +72,7 @@ class GenerationSettings:
         _int(self, "num_beams", 1, high=MAX_BEAMS)
         _int(self, "num_return_sequences", 1, high=MAX_BEAMS)
         _int(self, "seed", 0, optional=True, high=2**64 - 1)
-        for name in ("decoder_start_token_id", "pad_token_id"):
+        for name in ("decoder_start_token_id", "pad_token_id", "required_token_id"):
             _int(self, name, 0, optional=True)
         if isinstance(self.eos_token_id, (list, tuple)):
             if not self.eos_token_id:
@@ -137,7 +140,7 @@ class GenerationSettings:
             raise ValueError(f"max_new_tokens={self.new_tokens} needs {needed} decoder positions (start token "
                              f"included) but the model has {dec.max_position_embeddings}; use at most "
                              f"{dec.max_position_embeddings - 1}")
-        for name in ("decoder_start_token_id", "pad_token_id"):
+        for name in ("decoder_start_token_id", "pad_token_id", "required_token_id"):
             value = getattr(self, name)
             if value is not None and value >= dec.vocab_size:
                 raise ValueError(f"{name}={value} is not below the vocabulary size {dec.vocab_size}")
@@ -221,10 +224,11 @@ def resolve_settings(model: EncoderDecoderModel, task_defaults: dict | None = No
 # Logits processors (transformers 5 order and semantics)
 # ----------------------------------------------------------------------------------------
 def process_scores(s: GenerationSettings, ids: Tensor, scores: Tensor, eos: Tensor | None) -> Tensor:
-    """Repetition penalty, no-repeat n-grams, min length, min new tokens, in HF's order.
+    """Repetition penalty, no-repeat n-grams, min length, min new tokens, in HF's order, then
+    our required token (EOS banned in rows that have not generated it yet).
 
     `ids` are the decoder tokens so far (start token included), `scores` [rows, vocab]; the
-    min-length ban writes into `scores` (a fresh tensor each step here: no 6 MB copy per step)."""
+    EOS bans write into `scores` (a fresh tensor each step here: no 6 MB copy per step)."""
     cur_len = ids.shape[1]
     if s.repetition_penalty != 1.0:
         seen = scores.gather(1, ids)
@@ -242,6 +246,9 @@ def process_scores(s: GenerationSettings, ids: Tensor, scores: Tensor, eos: Tens
         scores = scores.masked_fill(banned[:, :vocab], -math.inf)
     if eos is not None and (cur_len < s.min_length or cur_len - 1 < s.min_new_tokens):
         scores = scores.index_fill_(1, eos, -math.inf)
+    if eos is not None and s.required_token_id is not None:
+        lacking = (ids != s.required_token_id).all(dim=1, keepdim=True)
+        scores.index_copy_(1, eos, scores.index_select(1, eos).masked_fill_(lacking, -math.inf))
     return scores
 
 

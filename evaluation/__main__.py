@@ -26,6 +26,7 @@ DECODING = {  # flag -> (type, help)
     "top_k": (int, "sample from the k likeliest tokens"),
     "top_p": (float, "nucleus sampling mass"),
     "repetition_penalty": (float, "penalty for repeated tokens"),
+    "required_token_id": (int, "no EOS before this token id was generated"),
 }
 
 

@@ -180,6 +180,48 @@ def test_greedy_processors_match_transformers(untied, kw):
     assert torch.equal(out.sequences, ref.sequences)
 
 
+class _RequireToken:
+    """The oracle for `required_token_id`: a transformers LogitsProcessor (HF appends custom
+    processors after its own) that bans EOS in rows which have not generated `token` yet."""
+
+    def __init__(self, token: int, eos: int):
+        self.token, self.eos = token, eos
+
+    def __call__(self, input_ids, scores):
+        lacking = ~(input_ids == self.token).any(dim=1)
+        scores[lacking, self.eos] = -math.inf
+        return scores
+
+
+def _required_token(free, eos) -> int:
+    """A token that the free outputs which end hold in some rows but not in others."""
+    ended = [row[1:n + 1].tolist() for row, n in zip(free.sequences, free.lengths.tolist()) if row[n] == eos]
+    assert ended, "want outputs that end"
+    counts = {t: sum(t in row for row in ended) for t in range(4, VOCAB) if t != eos}
+    return min(counts, key=lambda t: (counts[t] == 0, counts[t] == len(ended), -counts[t]))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3), dict(num_beams=4, num_return_sequences=2, length_penalty=1.5),
+                                dict(num_beams=2, min_new_tokens=3, repetition_penalty=1.3)])
+def test_required_token_matches_a_transformers_logits_processor(pair, kw):
+    from transformers import LogitsProcessorList
+
+    hf, bg, eos, _ = pair
+    ids, mask = ragged_batch()
+    free = generate(bg, ids, mask, resolve_settings(bg, max_new_tokens=16, **kw))
+    token = _required_token(free, eos)
+    ref = hf.generate(ids, attention_mask=mask, do_sample=False, return_dict_in_generate=True, output_scores=True,
+                      max_new_tokens=16, logits_processor=LogitsProcessorList([_RequireToken(token, eos)]), **kw)
+    out = generate(bg, ids, mask, resolve_settings(bg, max_new_tokens=16, required_token_id=token, **kw))
+    assert torch.equal(out.sequences, ref.sequences)
+    if "num_beams" in kw:
+        torch.testing.assert_close(out.sequence_scores, ref.sequences_scores, atol=1e-4, rtol=0)
+    assert not torch.equal(free.sequences, out.sequences), "the constraint should change some outputs"
+    for row, n in zip(out.sequences[:, 1:], out.lengths.tolist()):
+        if row[n - 1] == eos:  # every output that ended holds the required token before its EOS
+            assert token in row[:n - 1].tolist()
+
+
 @pytest.mark.parametrize("group", [1, 3])
 def test_fast_decode_step_equals_the_model(pair, group):
     """generation.decode_step (the inference kernel) against EncoderDecoderModel.decode_step."""
@@ -298,6 +340,8 @@ def test_cross_attention_only(untied):
     (dict(num_beams=10**9), "num_beams"),
     (dict(do_sample=True, num_return_sequences=10**9), "num_return_sequences"),
     (dict(seed=2**64), "seed"),
+    (dict(required_token_id=-1), "required_token_id"),
+    (dict(required_token_id="<::::>"), "required_token_id"),
 ])
 def test_invalid_settings_raise(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -324,6 +368,8 @@ def test_settings_checked_against_the_model(untied):
         resolve_settings(bg, beams=3)
     with pytest.raises(ValueError, match="vocabulary"):
         resolve_settings(bg, eos_token_id=VOCAB)
+    with pytest.raises(ValueError, match="required_token_id=100 is not below the vocabulary"):
+        resolve_settings(bg, required_token_id=VOCAB)
 
 
 def test_settings_layers(untied, tmp_path):

@@ -792,6 +792,7 @@ SETTING_VALUES = {
     "decoder_start_token_id": _maybe_junk(st.none() | st.integers(-2, 100)),
     "eos_token_id": _maybe_junk(st.none() | st.integers(-2, 100) | st.lists(st.integers(-1, 100), max_size=3)),
     "pad_token_id": _maybe_junk(st.none() | st.integers(-2, 100)),
+    "required_token_id": _maybe_junk(st.none() | st.integers(-2, 100)),
 }
 
 
@@ -811,7 +812,7 @@ def expected_valid(kw: dict) -> bool:
           and all(_is_int(g(n, 0), 0) for n in ("min_length", "min_new_tokens", "no_repeat_ngram_size"))
           and _is_int(g("top_k", 50), 0) and _is_int(g("num_beams", 1), 1) and _is_int(g("num_return_sequences", 1), 1)
           and _is_int(g("seed", None), 0, True) and _is_int(g("decoder_start_token_id", None), 0, True)
-          and _is_int(g("pad_token_id", None), 0, True)
+          and _is_int(g("pad_token_id", None), 0, True) and _is_int(g("required_token_id", None), 0, True)
           and (_is_int(eos, 0, True) or (type(eos) is list and eos != [] and all(_is_int(e, 0) for e in eos)))
           and type(g("do_sample", False)) is bool
           and (type(g("early_stopping", False)) is bool or g("early_stopping", False) == "never")
