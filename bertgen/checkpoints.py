@@ -333,10 +333,6 @@ def save(model: Model, folder: str | os.PathLike, tokenizer=None, generation_con
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = model.config
-    gen = {"decoder_start_token_id": getattr(config, "decoder_start_token_id", None),
-           "bos_token_id": _top(config, "bos_token_id"), "eos_token_id": _top(config, "eos_token_id"),
-           "pad_token_id": _top(config, "pad_token_id"), **(generation_config or {})}
-    gen = {k: v for k, v in gen.items() if v is not None}
     # The slow part first, into a temporary file: dying there leaves an existing checkpoint in
     # this folder as it was (its config.json included); then each file is swapped in whole.
     tmp = folder / "model.safetensors.tmp"
@@ -346,13 +342,24 @@ def save(model: Model, folder: str | os.PathLike, tokenizer=None, generation_con
         tmp.unlink(missing_ok=True)
         raise
     save_config(config, folder)
-    gen_tmp = folder / "generation_config.json.tmp"
-    gen_tmp.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
-    gen_tmp.replace(folder / "generation_config.json")
+    save_generation_config(config, folder, generation_config)
     tmp.replace(folder / "model.safetensors")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_generation_config(config: AnyConfig, folder: str | os.PathLike, settings: dict | None = None) -> Path:
+    """Writes generation_config.json: the config's token ids, then `settings` (decoding defaults)."""
+    gen = {"decoder_start_token_id": getattr(config, "decoder_start_token_id", None),
+           "bos_token_id": _top(config, "bos_token_id"), "eos_token_id": _top(config, "eos_token_id"),
+           "pad_token_id": _top(config, "pad_token_id"), **(settings or {})}
+    gen = {k: v for k, v in gen.items() if v is not None}
+    path = Path(folder) / "generation_config.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(gen, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def _top(config: AnyConfig, name: str):

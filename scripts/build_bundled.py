@@ -26,12 +26,16 @@ import torch  # noqa: E402
 
 from bertgen import checkpoints  # noqa: E402
 from bertgen.data import read_wikisplit  # noqa: E402
+from bertgen.generation import SETTING_NAMES  # noqa: E402
 from bertgen.tokenization import load_tokenizer  # noqa: E402
 from bertgen.training import TrainConfig, predict, score, train  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "wikisplit"
 DECODING = {"num_beams": 4, "max_new_tokens": 112, "length_penalty": 1.0, "early_stopping": True}
 TASKS = {"split": "wikisplit-split-small", "fusion": "wikisplit-fusion-small"}
+# Per-task decoding defaults on top of DECODING (chosen on validation rows 2001-2300, see
+# docs/TRAINING.md). A split must return two sentences: EOS waits for the separator.
+TASK_DECODING = {"split": {"num_beams": 8, "length_penalty": 1.5, "require_separator": True}, "fusion": {}}
 
 # The recipe of the shipped models (see docs/TRAINING.md for how it was chosen).
 RECIPE = dict(direction="both", init="rnd2rnd", vocab_size=4000, hidden_size=256, layers=4, heads=4,
@@ -48,27 +52,48 @@ def train_stage(data: Path, runs: Path) -> Path:
     return train(cfg)
 
 
+def decoding_for(task: str, tokenizer) -> dict:
+    """generation_config.json settings of a bundled task folder."""
+    settings = {**DECODING, **TASK_DECODING[task]}
+    if settings.pop("require_separator", False):
+        settings["required_token_id"] = tokenizer.sep_token_id
+    return settings
+
+
 def export_stage(best: Path) -> list[Path]:
     model = checkpoints.load(best)
     tokenizer = load_tokenizer(best)
     out = []
     for task, name in TASKS.items():
         folder = ROOT / "checkpoints" / name
-        checkpoints.save(model, folder, tokenizer=tokenizer, generation_config=DECODING, dtype="float16")
+        checkpoints.save(model, folder, tokenizer=tokenizer, generation_config=decoding_for(task, tokenizer),
+                         dtype="float16")
         os.chmod(folder / "model.safetensors", 0o644)
         out.append(folder)
     return out
 
 
+def config_stage() -> list[Path]:
+    """Rewrites only the folders' generation_config.json (weights untouched: no new blob in git)."""
+    out = []
+    for task, name in TASKS.items():
+        folder = ROOT / "checkpoints" / name
+        model = checkpoints.load(folder)
+        out.append(checkpoints.save_generation_config(model.config, folder, decoding_for(task, load_tokenizer(folder))))
+    return out
+
+
 def evaluate_folder(folder: Path, pairs, rows: int, precision: str = "float32",
                     **decoding) -> tuple[dict, float, list[str]]:
+    """Scores with the folder's own decoding defaults (generation_config.json), as users get them."""
     from bertgen.pipeline import precision_args, prepare_model
     model = prepare_model(checkpoints.load(folder), device="cpu", **precision_args(precision))
     tokenizer = load_tokenizer(folder)
     pairs = pairs[:rows]
     sources = [s for s, _ in pairs]
     refs = [t for _, t in pairs]
-    settings = {**{k: v for k, v in DECODING.items()}, **decoding}
+    settings = {k: v for k, v in checkpoints.generation_defaults(folder).items() if k in SETTING_NAMES}
+    settings.update(decoding)
     t0 = time.time()
     with torch.no_grad():
         preds = predict(model, tokenizer, sources, batch_size=32, **settings)
@@ -140,8 +165,8 @@ print(pipe("{example}")[0]["generated_text"])
 ```
 
 Input: WikiSplit-style text, tokenized on punctuation (`word , word .`), no special tokens
-(the tokenizer adds none). {io_note} Decoding defaults (generation_config.json): beam 4,
-max_new_tokens 112, early stopping. transformers can load the folder too
+(the tokenizer adds none). {io_note} Decoding defaults (generation_config.json): {decoding}.
+transformers can load the folder too
 (`EncoderDecoderModel.from_pretrained`, `BertGenerationTokenizer.from_pretrained`).
 
 The same weights are shipped as `wikisplit-split-small` and `wikisplit-fusion-small`: one model
@@ -161,7 +186,7 @@ CC BY-SA 4.0 text, are shared under the same license.
 
 | system | BLEU (sacrebleu corpus, 13a) | SARI (common variant) | exact match |
 |---|---|---|---|
-| this model (beam 4) | {m[bleu]:.2f} | {m[sari]:.2f} | {m[exact_match]:.2f} |
+| this model ({decoding_short}) | {m[bleu]:.2f} | {m[sari]:.2f} | {m[exact_match]:.2f} |
 | copy the input | {c[bleu]:.2f} | {c[sari]:.2f} | {c[exact_match]:.2f} |
 
 The other recipe, a bertShare warm start from all-MiniLM-L6-v2 (first 3 layers, uncased
@@ -184,7 +209,7 @@ Recipe (`scripts/build_bundled.py`): from random init, copy pre-training (reprod
 training sentence) for {recipe[copy_epochs]} epochs, then {recipe[epochs]} epochs of split + fusion pairs; AdamW lr
 {recipe[lr]:g}, {recipe[warmup_steps]} warm-up steps then linear decay, batch {recipe[batch_size]}, label smoothing
 {recipe[label_smoothing]}, dropout {recipe[dropout]}, gradient clipping 1.0, max 96 tokens per side. Training took
-{train_min:.0f} minutes on 2 CPU cores (one torch thread); scoring the 5,000 rows with beam 4 took
+{train_min:.0f} minutes on 2 CPU cores (one torch thread); scoring the 5,000 rows ({decoding_short}) took
 {decode_min:.1f} minutes. Continuing it for more epochs (lower learning rates, with or without
 copy examples mixed in) did not improve the dev scores: see docs/TRAINING.md for the experiments.
 
@@ -198,10 +223,14 @@ copy examples mixed in) did not improve the dev scores: see docs/TRAINING.md for
 """
 
 
-def _train_minutes(folder: Path) -> float:
+def _train_minutes(folder: Path, given: float | None) -> float:
+    """Training time for the cards: from the run's log, or `--train-minutes` when only the cards
+    are rebuilt on a machine without that run (run outputs are not kept in git)."""
+    if given is not None:
+        return given
     log = folder / "log.jsonl"
     if not log.is_file():
-        return 0.0
+        raise SystemExit(f"error: {log} is missing; pass --train-minutes (the time in the current cards)")
     return max((json.loads(line).get("elapsed_s", 0) for line in log.read_text().splitlines()), default=0) / 60
 
 
@@ -226,8 +255,20 @@ def _precision_text(runs: Path, task: str) -> str:
             + "\n".join(lines) + "\n")
 
 
-def write_cards(results: dict, runs: Path) -> None:
-    train_min = _train_minutes(runs / "rnd2rnd-both")
+def describe_decoding(task: str) -> tuple[str, str]:
+    """(long, short) words for a task's decoding defaults, for the model card."""
+    d = {**DECODING, **TASK_DECODING[task]}
+    short = f"beam {d['num_beams']}" + (f", length penalty {d['length_penalty']:g}" if d["length_penalty"] != 1 else "")
+    long = short + f", max_new_tokens {d['max_new_tokens']}" + (", early stopping" if d["early_stopping"] else "")
+    if d.get("require_separator"):
+        long += (" and `required_token_id` = the `<::::>` id (bertgen's setting: no end of sequence before the "
+                 "separator, so every output is split in two; transformers ignores the key)")
+        short += ", separator required"
+    return long, short
+
+
+def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -> None:
+    train_min = _train_minutes(runs / "rnd2rnd-both", train_minutes)
     best = checkpoints.load(ROOT / "checkpoints" / TASKS["split"])
     vocab = best.config.decoder.vocab_size
     params = sum(p.numel() for p in best.parameters()) / 1e6
@@ -245,8 +286,9 @@ def write_cards(results: dict, runs: Path) -> None:
         verdict = ("**The goal is reached**: " if ok else
                    "**The goal is NOT reached** (this is the best model we could train in the time and "
                    "compute available; treat it as a demo): ") + "; ".join(checks) + "."
+        decoding, decoding_short = describe_decoding(task)
         text = CARD.format(
-            name=name, tag="sentence-splitting" if task == "split" else "sentence-fusion",
+            name=name, decoding=decoding, decoding_short=decoding_short, tag="sentence-splitting" if task == "split" else "sentence-fusion",
             summary=("Splits one sentence into two, joined by ` <::::> `." if task == "split" else
                      "Fuses two sentences, joined by ` <::::> `, into one."),
             params=params, vocab=vocab, rows=r["rows"], m=m, c=c, verdict=verdict,
@@ -268,11 +310,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundled")
-    parser.add_argument("--stage", choices=("train", "export", "eval", "precision", "cards", "all"), default="all")
+    parser.add_argument("--stage", choices=("train", "export", "config", "eval", "precision", "cards", "all"),
+                        default="all", help="config: rewrite only the folders' generation_config.json")
     parser.add_argument("--precision", choices=("int8", "bfloat16"), default="int8",
                         help="--stage precision: score the bundled model quantized / in bf16")
     parser.add_argument("--eval-rows", type=int, default=5000)
     parser.add_argument("--task", choices=("split", "fusion"), action="append")
+    parser.add_argument("--train-minutes", type=float,
+                        help="--stage cards without the training run's log: the training time to report")
     args = parser.parse_args()
     if not (args.data / "tune.tsv").is_file():
         print(f"error: WikiSplit data not found in {args.data}", file=sys.stderr)
@@ -286,13 +331,16 @@ def main() -> int:
     if args.stage in ("export", "all"):
         for folder in export_stage(best):
             print("exported", folder)
+    if args.stage == "config":
+        for path in config_stage():
+            print("wrote", path)
     if args.stage in ("eval", "all"):
         eval_stage(args.data, args.runs, args.eval_rows, tuple(args.task or ("split", "fusion")))
     if args.stage == "precision":
         precision_stage(args.data, args.runs, args.eval_rows, args.precision, tuple(args.task or ("split", "fusion")))
     if args.stage in ("cards", "all"):
         write_cards({task: json.loads((args.runs / f"eval-{task}.json").read_text())
-                     for task in TASKS if (args.runs / f"eval-{task}.json").is_file()}, args.runs)
+                     for task in TASKS if (args.runs / f"eval-{task}.json").is_file()}, args.runs, args.train_minutes)
     return 0
 
 
