@@ -8,6 +8,7 @@ google/* checkpoints download on demand.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,24 @@ def checkpoint_info(name: str) -> CheckpointInfo | None:
         if name in (ckpt.name, ckpt.location):
             return ckpt
     return None
+
+
+# Token ids come from the model itself; the rest of a checkpoint's settings are decoding choices.
+_TOKEN_IDS = ("decoder_start_token_id", "eos_token_id", "pad_token_id")
+
+
+def decoding_defaults(task: str, folder: str | os.PathLike | None = None) -> dict:
+    """The task's decoding defaults under the checkpoint's own generation_config.json choices.
+
+    A checkpoint tuned for its task knows better than the task's generic choice (the bundled
+    split model's beam 8, length penalty 1.5 and required separator); the app prefills its
+    controls with this and the evaluation runs with it. Raises CheckpointError on a corrupt file."""
+    from .checkpoints import generation_defaults
+    from .generation import SETTING_NAMES
+
+    own = generation_defaults(folder)
+    return {**get_task(task).decoding,
+            **{k: v for k, v in own.items() if k in SETTING_NAMES and k not in _TOKEN_IDS}}
 
 
 # ----------------------------------------------------------------------------------------

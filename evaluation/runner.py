@@ -96,12 +96,19 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
 
 
 def decoding_settings(bench: Benchmark, model_id: str, settings: dict | None) -> dict:
-    """What the model is run with: the task's defaults (beam 4, ...) under the caller's settings."""
+    """What the model is run with: the task's defaults (beam 4, ...) under a local checkpoint's
+    own generation_config.json choices, under the caller's settings (as the app prefills them)."""
     if model_id == COPY:
         return {}
-    from bertgen.tasks import get_task
+    from bertgen.checkpoints import CheckpointError
+    from bertgen.tasks import decoding_defaults
 
-    return {**get_task(bench.task).decoding, **{k: v for k, v in (settings or {}).items() if v is not None}}
+    folder = Path(_model_location(model_id))
+    try:
+        defaults = decoding_defaults(bench.task, folder if folder.is_dir() else None)
+    except CheckpointError as err:
+        raise RunError(str(err)) from None
+    return {**defaults, **{k: v for k, v in (settings or {}).items() if v is not None}}
 
 
 def plan_batches(sources: list[str], batch_size: int, num_shards: int = 1, shard_index: int = 0):

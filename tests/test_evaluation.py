@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import torch
 
 import bertgen
 from bertgen.config import BertGenerationConfig, EncoderDecoderConfig
-from bertgen.tasks import SEP, TASKS
+from bertgen.tasks import SEP, TASKS, decoding_defaults
 from bertgen.tokenization import train_sentencepiece
 from evaluation import __main__ as cli
 from evaluation import plots
@@ -355,6 +356,30 @@ def test_bundled_split_model_on_wikisplit(tmp_path, wikisplit_rows):
                          settings={"num_beams": 1, "max_new_tokens": 48}, show_progress=False)
     assert run.status == "complete" and run.num_done == 20 and run.model == "wikisplit-split-small"
     assert run.model_hash.startswith("sha256:") and {"exact_match", "sari", "bleu"} <= set(run.metrics)
+    # the checkpoint's own decoding choices under the caller's: EOS waits for the separator
+    sep = bertgen.load_tokenizer(BUNDLED_SPLIT).sep_token_id
+    assert run.settings["required_token_id"] == sep and run.settings["num_beams"] == 1
+    ended = [row for row in read_predictions(run.predictions_path).values() if row["new_tokens"] < 48]
+    assert ended and all(SEP in row["prediction"] for row in ended)
+
+
+def test_a_checkpoints_own_decoding_choices_sit_between_the_task_and_the_caller(tmp_path, tiny_model, data_file):
+    folder = tmp_path / "tuned"
+    shutil.copytree(tiny_model, folder)
+    own = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps(
+        {**own, "num_beams": 3, "length_penalty": 1.5, "eos_token_id": 7, "transformers_only_key": 1}))
+    task = TASKS["sentence-splitting"].decoding
+    defaults = decoding_defaults("sentence-splitting", folder)
+    # token ids stay the model's, keys we do not implement stay the checkpoint's business
+    assert defaults == {**task, "num_beams": 3, "length_penalty": 1.5}
+    assert decoding_defaults("sentence-splitting") == task
+    run = run_evaluation(str(folder), "wikisplit", data_files=data_file, limit=2, output_dir=tmp_path / "runs",
+                         settings={"num_beams": 2, "max_new_tokens": 4}, show_progress=False)
+    assert run.settings == {**task, "num_beams": 2, "length_penalty": 1.5, "max_new_tokens": 4}
+    (folder / "generation_config.json").write_text("{not json")
+    with pytest.raises(RunError, match="generation_config.json is not valid JSON"):
+        run_evaluation(str(folder), "wikisplit", data_files=data_file, limit=2, output_dir=tmp_path / "runs")
 
 
 def test_copy_baseline(tmp_path, data_file, capsys):

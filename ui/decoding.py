@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import gradio as gr
 
 from bertgen import tasks
-from bertgen.checkpoints import CheckpointError, generation_defaults
+from bertgen.checkpoints import CheckpointError
 from bertgen.generation import resolve_settings
 
 from . import models
@@ -67,13 +67,10 @@ def build_controls(max_new_tokens: int, prefix: str = "", full: bool = True) -> 
 
 def defaults_for(task: str, ckpt: Checkpoint | None) -> dict:
     """The task's decoding defaults, overridden by the checkpoint's generation_config.json."""
-    found = dict(tasks.get_task(task).decoding)
-    if ckpt is not None and not ckpt.downloads:
-        try:
-            found.update(generation_defaults(ckpt.location))
-        except CheckpointError:
-            pass
-    return found
+    try:
+        return tasks.decoding_defaults(task, None if ckpt is None or ckpt.downloads else ckpt.location)
+    except CheckpointError:
+        return tasks.decoding_defaults(task)
 
 
 def control_values(defaults: dict, max_new_tokens: int) -> list:
