@@ -119,8 +119,12 @@ def test_quality_note_reads_the_model_card(tmp_path, monkeypatch):
     assert models.quality_note("translation-en-de") == models.FALLBACK_NOTE
     (folder / "README.md").write_text("# Card\n\n## Scores (WikiSplit validation)\n\n| system | BLEU (13a) | SARI |\n"
                                       "|---|---|---|\n| this model (beam 4) | 75.9 | 63.1 |\n| copy | 63.0 | 62.0 |\n"
-                                      "Quality goal: SARI >= copy + 5.\n")
-    assert models.quality_note("sentence-fusion") == "wikisplit-fusion-small: BLEU 75.9, SARI 63.1 (WikiSplit validation)"
+                                      "\nQuality goal: SARI >= copy + 5.\n")
+    assert models.quality_note("sentence-fusion") == ("wikisplit-fusion-small: BLEU 75.9, SARI 63.1; copying the "
+                                                      "input: BLEU 63.0, SARI 62.0 (WikiSplit validation)")
+    card = (folder / "README.md").read_text()
+    (folder / "README.md").write_text(card + "**The goal is NOT reached** (a demo): SARI +1.1 vs copy (goal +5).\n")
+    assert models.quality_note("sentence-fusion").endswith("62.0 (WikiSplit validation). The goal is NOT reached.")
 
 
 # ----------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ The cache holds pipelines in LRU order under a memory bound and loads one model 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -300,19 +301,34 @@ def quality_note(task: str | None = None) -> str:
     return FALLBACK_NOTE
 
 
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+
+
 def _card_note(text: str) -> str | None:
+    """The scores row, next to the table's copy-the-input row and the card's verdict on its goal
+    when it has them (a score means little without the baseline)."""
     text = text.replace("**", "").replace("__", "")
     lines = [ln.strip() for ln in text.splitlines()]
     heading = ""
     for i, line in enumerate(lines):
         if line.startswith("#"):
             heading = line.lstrip("# ")
-        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+        cells = _cells(line)
         if cells and cells[0].lower().startswith("this model") and i >= 2 and lines[i - 2].startswith("|"):
-            header = [c.strip() for c in lines[i - 2].strip("|").split("|")]
-            scores = ", ".join(f"{re.sub(r' [(].*', '', h)} {v}" for h, v in zip(header[1:], cells[1:]))
+            header = [re.sub(r" [(].*", "", h) for h in _cells(lines[i - 2])]
+
+            def scores(row):
+                return ", ".join(f"{h} {v}" for h, v in zip(header[1:], row[1:]))
+            note = scores(cells)
+            below = itertools.takewhile(lambda ln: ln.startswith("|"), lines[i + 1:])  # the rest of the table
+            copy = next((row for row in map(_cells, below) if row[0].lower().startswith("copy")), None)
+            if copy:
+                note += f"; copying the input: {scores(copy)}"
             where = re.search(r"\((.*)\)", heading)
-            return f"{scores}" + (f" ({where.group(1)})" if where else "")
+            note += f" ({where.group(1)})" if where else ""
+            verdict = next((re.split(r"[:(]", ln)[0].strip() for ln in lines if ln.startswith("The goal is")), None)
+            return note + (f". {verdict}." if verdict else "")
     prose = [ln.lstrip(">*- ").strip() for ln in lines if ln and not ln.startswith(("---", "|", "#"))]
     for line in prose:
         if line.lower().startswith("quality"):
