@@ -220,7 +220,7 @@ copy examples mixed in) did not improve the dev scores: see docs/TRAINING.md for
   sometimes repeats or truncates long inputs; check outputs before relying on them.
 - English Wikipedia sentences only, tokenized WikiSplit-style; other text styles degrade.
 - Inputs over 96 sentencepiece tokens are truncated; outputs stop at 112 tokens.
-- Wikipedia text carries its biases; the model can reproduce them.
+- Wikipedia text carries its biases; the model can reproduce them.{task_limitation}
 """
 
 
@@ -302,6 +302,10 @@ def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -
             example=("The bridge , which opened in 1932 , carries six lanes of traffic across the harbour ."
                      if task == "split" else
                      "Maria studied physics in Vienna . <::::> She later moved to Zurich to teach ."),
+            task_limitation=("\n- Every output is split (the separator is required before the end): an input that "
+                             "needs no split\n  is split anyway, often by repeating itself. Decode without "
+                             "`required_token_id` to let it end unsplit (bertgen docs/GENERATION.md)." if TASK_DECODING[task].get("require_separator")
+                             else ""),
             recipe=RECIPE, train_min=train_min,
             precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
