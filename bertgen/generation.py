@@ -28,7 +28,11 @@ from .modeling import CrossAttentionCache, EncoderDecoderModel, LMHead, SelfAtte
 DEFAULT_MAX_NEW_TOKENS = 64
 MAX_BEAMS = 256  # num_beams and num_return_sequences: far beyond use, far below an allocator crash
 MIN_TEMPERATURE = 1e-4  # below this, scaled scores overflow float32; the result is greedy either way
-NEG = -1.0e9  # transformers' "impossible" beam score
+NEG = -1.0e9  # transformers' "impossible" beam score (an unfilled result slot has it)
+# A finished hypothesis whose score is -inf (a zero-probability pick of beam sampling, or all
+# that is left when bans leave fewer candidates than slots) ranks here: below every real score,
+# above an unfilled slot, so an empty placeholder is never returned. It is reported as -inf.
+UNLIKELY = NEG / 2
 
 
 # ----------------------------------------------------------------------------------------
@@ -512,6 +516,7 @@ def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record:
         # finished candidates among the top `nb` compete with earlier ones
         just = hits & top_beams[None, :]
         score = cand_score / _power(cur_len, lp)  # cur_len generated tokens, the new one included
+        score = score.masked_fill(score == -math.inf, UNLIKELY)
         full = fin_done.all(-1, keepdim=True) & (es is True)
         score = score + full.float() * NEG
         score = score + (~improvable).float() * NEG
@@ -554,6 +559,7 @@ def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record:
 
     nr = s.num_return_sequences
     seqs, scores = out_seq[:, :nr].flatten(0, 1), out_score[:, :nr].flatten()
+    scores = scores.masked_fill(scores == UNLIKELY, -math.inf)
     paths, lps = out_path[:, :nr].flatten(0, 1), out_lp[:, :nr].flatten(0, 1)
     lengths = (paths >= 0).sum(1)
     longest = int(lengths.max())
