@@ -155,7 +155,7 @@ def decoding_defaults(task: str, folder: str | os.PathLike | None = None) -> dic
     """The task's decoding defaults under the checkpoint's own generation_config.json choices.
 
     A checkpoint tuned for its task knows better than the task's generic choice (the bundled
-    split model's length penalty 2.0 and required separator); the app prefills its
+    split model's beam 8, length penalty 1.5 and required separator); the app prefills its
     controls with this and the evaluation runs with it. Raises CheckpointError on a corrupt file."""
     from .checkpoints import generation_defaults
     from .generation import SETTING_NAMES

@@ -36,7 +36,7 @@ TASKS = {"split": "wikisplit-split-small", "fusion": "wikisplit-fusion-small"}
 # Per-task decoding defaults on top of DECODING (candidates from validation rows 2001-2300, the
 # two best then on all 5,000 rows: docs/TRAINING.md). A split must return two sentences: EOS
 # waits for the separator.
-TASK_DECODING = {"split": {"length_penalty": 2.0, "require_separator": True}, "fusion": {}}
+TASK_DECODING = {"split": {"num_beams": 8, "length_penalty": 1.5, "require_separator": True}, "fusion": {}}
 
 # The recipe of the shipped models (see docs/TRAINING.md for how it was chosen).
 RECIPE = dict(direction="both", init="rnd2rnd", vocab_size=4000, hidden_size=256, layers=4, heads=4,
