@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bertgen import checkpoints  # noqa: E402
+from bertgen.config import load_config  # noqa: E402
 from bertgen.data import read_wikisplit  # noqa: E402
 from bertgen.generation import SETTING_NAMES  # noqa: E402
 from bertgen.tokenization import load_tokenizer  # noqa: E402
@@ -79,8 +80,8 @@ def config_stage() -> list[Path]:
     out = []
     for task, name in TASKS.items():
         folder = ROOT / "checkpoints" / name
-        model = checkpoints.load(folder)
-        out.append(checkpoints.save_generation_config(model.config, folder, decoding_for(task, load_tokenizer(folder))))
+        out.append(checkpoints.save_generation_config(load_config(folder), folder,
+                                                      decoding_for(task, load_tokenizer(folder))))
     return out
 
 
