@@ -204,6 +204,9 @@ def build_model(cfg: TrainConfig, tokenizer) -> EncoderDecoderModel:
                                            seed=cfg.seed, dropout=cfg.dropout)
     except checkpoints.CheckpointError as err:
         raise TrainingError(f"cannot use base checkpoint {cfg.base}: {err}") from None
+    # The run makes a new model: its dev decoding must not inherit the base folder's decoding
+    # defaults (a fusion model fine-tuned from a split model must not be forced to split).
+    model.source_dir = None
     return model
 
 

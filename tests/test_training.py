@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from bertgen import checkpoints
+from bertgen.config import load_config
 from bertgen.data import DataError, load_pairs, read_pairs, read_wikisplit, sentences
+from bertgen.generation import resolve_settings
 from bertgen.training import Trainer, TrainConfig, TrainingError, collate, epoch_batches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +200,12 @@ def test_vocabulary_mismatch(tmp_path, toy_file):
 
 def test_checkpoint_init_fine_tunes_a_saved_model(tmp_path, toy_file):
     best = Trainer(_tiny(tmp_path / "a", toy_file, max_steps=2)).run()
+    # the base's own decoding defaults (a required token, beams) must not leak into the new
+    # model's dev decoding: a fusion model fine-tuned from a split model must not be forced to split
+    checkpoints.save_generation_config(load_config(best), best, {"required_token_id": 5, "num_beams": 3})
     trainer = Trainer(_tiny(tmp_path / "b", toy_file, init="checkpoint", base=str(best), max_steps=2))
+    settings = resolve_settings(trainer.model)
+    assert settings.required_token_id is None and settings.num_beams == 1
     assert trainer.run().is_dir()
 
 
