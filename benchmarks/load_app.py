@@ -153,8 +153,9 @@ def make_tiny(models_dir: Path) -> str:
 
 
 def generate_values(max_new_tokens: int) -> list:
-    # strategy, beams, length penalty, no-repeat, min new, max new, temperature, top-k, top-p, seed, outputs
-    return ["greedy", 1, 1.0, 0, 0, max_new_tokens, 1.0, 0, 1.0, 0, 1]
+    # strategy, beams, length penalty, no-repeat, min new, max new, temperature, top-k, top-p, seed, outputs,
+    # required token
+    return ["greedy", 1, 1.0, 0, 0, max_new_tokens, 1.0, 0, 1.0, 0, 1, False]
 
 
 def launch(settings, temp_dir: Path | None = None):

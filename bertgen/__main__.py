@@ -11,6 +11,7 @@ errors become one line on stderr and exit code 2, never a stack trace.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -28,8 +29,10 @@ SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("top_k", int, "sample from the k most likely tokens (0: all)"),
     ("top_p", float, "sample from the smallest set with this probability mass"),
     ("seed", int, "random seed for sampling (reproducible output)"),
-    ("required_token_id", int, "no EOS before this token id was generated (split models: the <::::> id)"),
+    ("required_token_id", "token_id", "no EOS before this token id was generated (split models: the <::::> "
+     "id); 'none' switches off the checkpoint's"),
 )
+UNSET = "none"  # a flag value that removes the checkpoint's default instead of replacing it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,6 +46,15 @@ def _early_stopping(value: str):
     if value.lower() not in table:
         raise argparse.ArgumentTypeError("choose true, false or never")
     return table[value.lower()]
+
+
+def _token_id(value: str):
+    if value.lower() == UNSET:
+        return UNSET
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a token id or '{UNSET}', got {value!r}") from None
 
 
 def _bool(value: str) -> bool:
@@ -72,7 +84,7 @@ def add_generate(subparsers) -> None:
     p.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
     p.add_argument("--early-stopping", type=_early_stopping, help="beam search: true, false or never")
     for name, kind, text in SETTING_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        p.add_argument("--" + name.replace("_", "-"), type=_token_id if kind == "token_id" else kind, help=text)
     p.set_defaults(func=run_generate)
 
 
@@ -81,15 +93,17 @@ def run_generate(args) -> int:
 
     settings = {name: getattr(args, name) for name, _, _ in SETTING_FLAGS}
     settings.update(do_sample=args.do_sample, early_stopping=args.early_stopping)
+    unset = {name: None for name, value in settings.items() if value == UNSET}
     pipe = pipeline("text2text-generation", model=args.model, device=args.device, dtype=args.dtype,
                     quantize=args.quantize, batch_size=args.batch_size,
                     add_special_tokens=args.add_special_tokens)
-    pipe.settings(**settings)  # bad settings fail before any input is read
+    # bad settings fail before any input is read
+    chosen = dataclasses.replace(pipe.settings(**{k: v for k, v in settings.items() if k not in unset}), **unset)
     texts = [args.text] if args.text is not None else read_lines(sys.stdin)
     chunk = args.batch_size * 8  # outputs appear chunk by chunk, not only at the end
     for start in range(0, len(texts), chunk):
         part = texts[start:start + chunk]
-        for text, result in zip(part, pipe.run(part, **settings)):
+        for text, result in zip(part, pipe.run(part, settings=chosen)):
             if args.json:
                 record = {"input": text, "text": result.text, "score": result.score,
                           "seconds": round(result.seconds, 4), "new_tokens": result.new_tokens[0],

@@ -174,11 +174,25 @@ def test_decoding_defaults_come_from_the_checkpoint(settings):
     (dict(num_return_sequences=3), "num_return_sequences"), (dict(strategy="psychic"), "Decoding"),
     (dict(min_new_tokens=1.5), "whole number"), (dict(top_k=None), "Top-k must be a number"),
     (dict(length_penalty="long"), "Length penalty must be a number"),
+    (dict(required_token="yes"), "Required token must be true or false"),
 ])
 def test_bad_decoding_values_are_sentences(settings, change, message):
     model = models.cache(settings).get(models.resolve("local:tiny-fusion", settings), "cpu").pipe.model
     with pytest.raises(ValueError, match=message):
         decoding.make_settings(model, "sentence-fusion", fusion_values(settings, **change), settings.max_new_tokens)
+
+
+def test_required_token_box_follows_the_checkpoint_and_switches_it_off(tmp_path):
+    folder = make_tiny_checkpoint(tmp_path / "requires", "sentence-splitting")
+    bertgen.checkpoints.save_generation_config(bertgen.config.load_config(folder), folder,
+                                               {"num_beams": 2, "max_new_tokens": 8, "required_token_id": 5})
+    model = bertgen.checkpoints.load(folder)
+    values = decoding.control_values(tasks.decoding_defaults("sentence-splitting", folder), 16)
+    assert values[-1] is True  # prefilled on: the checkpoint requires a token
+    on = decoding.make_settings(model, "sentence-splitting", values, 16)
+    off = decoding.make_settings(model, "sentence-splitting", decoding.override(values, required_token=False), 16)
+    assert on.required_token_id == 5 and off.required_token_id is None
+    assert off.num_beams == on.num_beams == 2
 
 
 def test_input_checks(settings):

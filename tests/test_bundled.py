@@ -71,3 +71,17 @@ def test_cli_generates_with_a_bundled_checkpoint():
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"river", proc.stdout), proc.stdout
+
+
+def test_cli_can_switch_off_the_split_models_required_separator():
+    folder = BUNDLED_DIR / BUNDLED["sentence-splitting"]
+    text = "The river floods every spring ."  # needs no split
+
+    def run(*flags):
+        proc = subprocess.run([sys.executable, "-m", "bertgen", "generate", "--model", str(folder), *flags, text],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert "<::::>" in run()  # the checkpoint's generation_config requires the separator
+    assert "<::::>" not in run("--required-token-id", "none")

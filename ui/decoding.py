@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import dataclasses
 from dataclasses import dataclass, fields
 
 import gradio as gr
@@ -33,6 +34,7 @@ class DecodingControls:
     top_p: gr.Slider
     seed: gr.Number
     num_return_sequences: gr.Number
+    required_token: gr.Checkbox
 
     def components(self) -> list:
         return [getattr(self, f.name) for f in fields(self)]
@@ -61,8 +63,11 @@ def build_controls(max_new_tokens: int, prefix: str = "", full: bool = True) -> 
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
         seed = gr.Number(-1, precision=None, label="Seed", info="-1 = random")
         n_return = gr.Number(1, precision=None, label="Outputs to return")
+        required = gr.Checkbox(False, label="Required token", elem_id=eid("required_token"),
+                               info="keep the checkpoint's required_token_id: no end before it (the split "
+                                    "model's is <::::>, so every output is split)")
     return DecodingControls(strategy, num_beams, length_penalty, no_repeat, min_new, max_new,
-                            temperature, top_k, top_p, seed, n_return)
+                            temperature, top_k, top_p, seed, n_return, required)
 
 
 def defaults_for(task: str, ckpt: Checkpoint | None) -> dict:
@@ -81,7 +86,8 @@ def control_values(defaults: dict, max_new_tokens: int) -> list:
             int(defaults.get("no_repeat_ngram_size") or 0), int(defaults.get("min_new_tokens") or 0),
             min(int(defaults.get("max_new_tokens") or 96), max_new_tokens),
             float(defaults.get("temperature") or 1.0), int(defaults.get("top_k") or 0),
-            float(defaults.get("top_p") or 1.0), -1, int(defaults.get("num_return_sequences") or 1)]
+            float(defaults.get("top_p") or 1.0), -1, int(defaults.get("num_return_sequences") or 1),
+            defaults.get("required_token_id") is not None]
 
 
 def values_for(task: str, checkpoint: str | None, settings: Settings) -> list:
@@ -125,7 +131,7 @@ def whole(name: str, value, low: int) -> int:
 def make_settings(model, task: str, values: list, max_new_tokens: int):
     """A GenerationSettings from the controls' values; ValueError with a sentence when invalid."""
     (strategy, num_beams, length_penalty, no_repeat, min_new, max_new, temperature, top_k,
-     top_p, seed, n_return) = values
+     top_p, seed, n_return, required) = values
     if strategy not in STRATEGIES:
         raise ValueError(f"Decoding must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
     max_new = whole("Max new tokens", max_new, 1)
@@ -146,4 +152,8 @@ def make_settings(model, task: str, values: list, max_new_tokens: int):
         # A sampled output must be reproducible by the analysis pass that follows streaming.
         seed=seed if seed >= 0 else random.randrange(2**31),
     )
-    return resolve_settings(model, tasks.get_task(task).decoding, **caller)
+    if not isinstance(required, bool):
+        raise ValueError(f"Required token must be true or false, got {required!r}.")
+    resolved = resolve_settings(model, tasks.get_task(task).decoding, **caller)
+    # off: drop the checkpoint's required token (None in `caller` would mean "not given")
+    return resolved if required else dataclasses.replace(resolved, required_token_id=None)
