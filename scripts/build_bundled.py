@@ -1,11 +1,12 @@
 """Rebuilds the bundled WikiSplit checkpoints: train, export, score, write the model cards.
 
     python scripts/build_bundled.py [--data ../shared/data/wikisplit] [--runs runs/bundled]
-                                    [--stage train|export|eval|all] [--eval-rows 5000]
+                                    [--stage train|export|fusion|eval|all] [--eval-rows 5000]
 
 One rnd2rnd model is trained on both directions of tune.tsv (the direction is visible in the
-input: fusion inputs hold `<::::>`, split inputs do not) and exported twice, as
-checkpoints/wikisplit-split-small and checkpoints/wikisplit-fusion-small. Everything is
+input: fusion inputs hold `<::::>`, split inputs do not) and exported as
+checkpoints/wikisplit-split-small; fine-tuned further on fusion alone, with rule-made pairs
+(scripts/synthetic_fusion.py), it becomes checkpoints/wikisplit-fusion-small. Everything is
 seeded; a killed run resumes where it stopped (bertgen.training). Scores are on all
 validation.tsv rows, next to the copy-the-input baseline.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,12 +47,42 @@ RECIPE = dict(direction="both", init="rnd2rnd", vocab_size=4000, hidden_size=256
               lr=1e-3, warmup_steps=300, label_smoothing=0.1, max_source_length=96,
               max_target_length=96, eval_every=400, eval_rows=200, metric="bleu",
               save_dtype="float16", seed=0, threads=1)
+# The fusion model: the model above, fine-tuned on fusion only, its 5,000 real pairs joined by
+# rule-made pairs that practise copying two sentences whole (scripts/synthetic_fusion.py).
+SYNTHETIC_FUSION_PAIRS = 10_000
+# Long pairs train the positions past 96 tokens that the joint model never saw: without them
+# outputs longer than that fall into loops. One synthetic pair in four is long.
+SYNTHETIC_MAX_WORDS = 80
+LONG_TARGET, SYNTHETIC_LONG_PAIRS = 96, 2_500
+FUSION_RECIPE = dict(direction="fusion", init="checkpoint", epochs=2.5, batch_size=32, lr=3e-4,
+                     warmup_steps=100, label_smoothing=0.1, max_source_length=128,
+                     max_target_length=128, eval_every=250, eval_rows=200, metric="sari",
+                     save_dtype="float16", seed=0, threads=2)
 COMMAND = "bash scripts/build_bundled.sh"
 
 
 def train_stage(data: Path, runs: Path) -> Path:
     cfg = TrainConfig(output_dir=str(runs / "rnd2rnd-both"), train_file=str(data / "tune.tsv"),
                       dev_file=str(data / "validation.tsv"), generation_config=DECODING, **RECIPE)
+    return train(cfg)
+
+
+def fusion_stage(data: Path, runs: Path) -> Path:
+    """Fine-tunes the exported model (the split folder's weights) into the fusion model."""
+    from synthetic_fusion import synthetic_fusion_pairs
+    real = read_wikisplit(data / "tune.tsv", "fusion")
+    tokenizer = load_tokenizer(ROOT / "checkpoints" / TASKS["split"])
+    limit = FUSION_RECIPE["max_target_length"] - 1  # a cut target would teach stopping mid-sentence
+    made = synthetic_fusion_pairs(real, SYNTHETIC_FUSION_PAIRS * 4, seed=0, max_words=SYNTHETIC_MAX_WORDS)
+    pieces = [len(tokenizer.encode(target)) for _, target in made]
+    long = [p for p, n in zip(made, pieces) if LONG_TARGET < n <= limit][:SYNTHETIC_LONG_PAIRS]
+    short = [p for p, n in zip(made, pieces) if n <= LONG_TARGET][:SYNTHETIC_FUSION_PAIRS - len(long)]
+    rows = real + long + short
+    train_file = runs / "fusion-train.jsonl"
+    train_file.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in rows))
+    cfg = TrainConfig(output_dir=str(runs / "fusion"), train_file=str(train_file),
+                      dev_file=str(data / "validation.tsv"), base=str(ROOT / "checkpoints" / TASKS["split"]),
+                      generation_config=DECODING, **FUSION_RECIPE)
     return train(cfg)
 
 
@@ -62,12 +94,13 @@ def decoding_for(task: str, tokenizer) -> dict:
     return settings
 
 
-def export_stage(best: Path) -> list[Path]:
+def export_stage(best: Path, tasks=("split",)) -> list[Path]:
+    """The joint model becomes the split folder; the fusion folder comes from `fusion_stage`."""
     model = checkpoints.load(best)
     tokenizer = load_tokenizer(best)
     out = []
-    for task, name in TASKS.items():
-        folder = ROOT / "checkpoints" / name
+    for task in tasks:
+        folder = ROOT / "checkpoints" / TASKS[task]
         checkpoints.save(model, folder, tokenizer=tokenizer, generation_config=decoding_for(task, tokenizer),
                          dtype="float16")
         os.chmod(folder / "model.safetensors", 0o644)
@@ -97,8 +130,9 @@ def evaluate_folder(folder: Path, pairs, rows: int, precision: str = "float32",
     settings = {k: v for k, v in checkpoints.generation_defaults(folder).items() if k in SETTING_NAMES}
     settings.update(decoding)
     t0 = time.time()
-    with torch.no_grad():
-        preds = predict(model, tokenizer, sources, batch_size=32, **settings)
+    with torch.no_grad():  # inputs cut where the app and the CLI cut them: the model's positions
+        preds = predict(model, tokenizer, sources, batch_size=32,
+                        max_source_length=model.config.encoder.max_position_embeddings, **settings)
     seconds = time.time() - t0
     return score(preds, sources, refs), seconds, preds
 
@@ -129,6 +163,18 @@ def copy_baseline(pairs, rows: int) -> dict:
     return score(sources, sources, [t for _, t in pairs])
 
 
+def join_with_and(source: str) -> str:
+    """A one-line fusion rule, the baseline a fusion model must beat besides copying:
+    `A . <::::> He ...` -> `A , and he ...`."""
+    return re.sub(r" \. <::::> (\S)", lambda m: " , and " + m.group(1).lower(), source)
+
+
+def rule_baseline(pairs, rows: int) -> dict:
+    pairs = pairs[:rows]
+    sources = [s for s, _ in pairs]
+    return score([join_with_and(s) for s in sources], sources, [t for _, t in pairs])
+
+
 def eval_stage(data: Path, runs: Path, rows: int, tasks=("split", "fusion")) -> dict:
     results = {}
     for task in tasks:
@@ -137,6 +183,8 @@ def eval_stage(data: Path, runs: Path, rows: int, tasks=("split", "fusion")) -> 
         scores, seconds, preds = evaluate_folder(folder, pairs, rows)
         results[task] = {"rows": min(rows, len(pairs)), "model": scores, "copy": copy_baseline(pairs, rows),
                          "decode_seconds": round(seconds, 1)}
+        if task == "fusion":
+            results[task]["rule"] = rule_baseline(pairs, rows)
         (runs / f"predictions-{task}.txt").write_text("\n".join(preds) + "\n")
         (runs / f"eval-{task}.json").write_text(json.dumps(results[task], indent=2) + "\n")
         print(task, json.dumps(results[task]), flush=True)
@@ -171,17 +219,15 @@ Input: WikiSplit-style text, tokenized on punctuation (`word , word .`), no spec
 transformers can load the folder too
 (`EncoderDecoderModel.from_pretrained`, `BertGenerationTokenizer.from_pretrained`).
 
-The same weights are shipped as `wikisplit-split-small` and `wikisplit-fusion-small`: one model
-was trained on both directions, and the input tells it which one to do (fusion inputs contain
-`<::::>`, split inputs do not).
+{lineage}
 
 ## Data and license
 
 WikiSplit (Botha, Faruqui, Alex, Baldridge, Das 2018, "Learning To Split and Rephrase From
 Wikipedia Edit History"), CC BY-SA 4.0. Trained on the 5,000 rows of `tune.tsv` (both
 directions, plus a copy pre-training stage on its ~15,000 single sentences); the checkpoint
-was selected on the first 200 rows of `validation.tsv` (100 per direction); the scores below
-are on all 5,000 validation rows. No validation row was trained on. The weights, derived from
+was selected on the first 200 rows of `validation.tsv` (100 per direction).{data_note} The scores
+below are on all 5,000 validation rows. No validation row was trained on. The weights, derived from
 CC BY-SA 4.0 text, are shared under the same license.
 
 ## Scores (WikiSplit validation.tsv, all {rows:,} rows, {direction_word})
@@ -189,7 +235,7 @@ CC BY-SA 4.0 text, are shared under the same license.
 | system | BLEU (sacrebleu corpus, 13a) | SARI (common variant) | exact match |
 |---|---|---|---|
 | this model ({decoding_short}) | {m[bleu]:.2f} | {m[sari]:.2f} | {m[exact_match]:.2f} |
-| copy the input | {c[bleu]:.2f} | {c[sari]:.2f} | {c[exact_match]:.2f} |
+| copy the input | {c[bleu]:.2f} | {c[sari]:.2f} | {c[exact_match]:.2f} |{rule_row}
 
 The other recipe, a bertShare warm start from all-MiniLM-L6-v2 (first 3 layers, uncased
 WordPiece 30,522), was trained 200 steps in the same budget and scored BLEU 2.6 / SARI 13.3 on
@@ -201,7 +247,7 @@ Quality goal set for the bundled models: SARI >= copy + 5 and BLEU above copy{em
 
 ## Training
 
-Rebuild (deterministic, seed 0, one thread; resumable after an interruption):
+Rebuild (deterministic, seed 0; resumable after an interruption):
 
 ```
 bash scripts/build_bundled.sh
@@ -211,16 +257,16 @@ Recipe (`scripts/build_bundled.py`): from random init, copy pre-training (reprod
 training sentence) for {recipe[copy_epochs]} epochs, then {recipe[epochs]} epochs of split + fusion pairs; AdamW lr
 {recipe[lr]:g}, {recipe[warmup_steps]} warm-up steps then linear decay, batch {recipe[batch_size]}, label smoothing
 {recipe[label_smoothing]}, dropout {recipe[dropout]}, gradient clipping 1.0, max 96 tokens per side. Training took
-{train_min:.0f} minutes on 2 CPU cores (one torch thread); scoring the 5,000 rows ({decoding_short}) took
-{decode_min:.1f} minutes. Continuing it for more epochs (lower learning rates, with or without
-copy examples mixed in) did not improve the dev scores: see docs/TRAINING.md for the experiments.
+{train_min:.0f} minutes on 2 CPU cores (one torch thread). Continuing it for more epochs (lower learning rates,
+with or without copy examples mixed in) did not improve the dev scores (docs/TRAINING.md).{fusion_recipe}
+Scoring the 5,000 rows ({decoding_short}) took {decode_min:.1f} minutes.
 
 ## Limitations
 
 - Tiny and briefly trained: it garbles or drops rare words and names it should copy, and
   sometimes repeats or truncates long inputs; check outputs before relying on them.
 - English Wikipedia sentences only, tokenized WikiSplit-style; other text styles degrade.
-- Inputs over 96 sentencepiece tokens are truncated; outputs stop at 112 tokens.
+- Inputs over 128 sentencepiece tokens are truncated; outputs stop at 112 tokens.
 - Wikipedia text carries its biases; the model can reproduce them.{task_limitation}
 """
 
@@ -269,11 +315,46 @@ def describe_decoding(task: str) -> tuple[str, str]:
     return long, short
 
 
+LINEAGE = {
+    "split": "This model was trained on both directions; the input tells it which one to do (fusion inputs\n"
+             "contain `<::::>`, split inputs do not). `wikisplit-fusion-small` is this model fine-tuned further\n"
+             "on fusion alone.",
+    "fusion": "It is the model of `wikisplit-split-small` (trained on both directions) fine-tuned further on\n"
+              "fusion alone, with rule-made fusion pairs added (see Training).",
+}
+
+
+def _fusion_text(runs: Path) -> tuple[str, str]:
+    """(data note, recipe paragraph) of the fusion card."""
+    r = FUSION_RECIPE
+    data_note = (f" Then fine-tuned on `tune.tsv`'s 5,000 fusion pairs plus {SYNTHETIC_FUSION_PAIRS:,} "
+                 "rule-made pairs built from its sentences, and selected on the first 200 fusion rows of "
+                 "`validation.tsv`.")
+    recipe = (f"\n\nFusion fine-tuning (`--stage fusion`, `scripts/synthetic_fusion.py`): {r['epochs']} epochs of "
+              f"the 5,000 fusion pairs plus {SYNTHETIC_FUSION_PAIRS:,} rule-made pairs, each joining two random "
+              "training sentences the way tune.tsv's editors joined sentences starting with the same word "
+              "(`, and`, `; the`, `, he` ...), so that the model practises copying two sentences whole; "
+              f"AdamW lr {r['lr']:g}, {r['warmup_steps']} warm-up steps then linear decay, batch "
+              f"{r['batch_size']}, label smoothing {r['label_smoothing']}, max {r['max_source_length']} tokens per "
+              f"side, best dev SARI kept. It took {_train_minutes(runs / 'fusion', None):.0f} minutes "
+              f"({r['threads']} torch threads).")
+    return data_note, recipe
+
+
+def _rule_row(result: dict) -> str:
+    if "rule" not in result:
+        return ""
+    m = result["rule"]
+    return (f"\n| a one-line rule: `A . <::::> He ...` -> `A , and he ...` | {m['bleu']:.2f} | {m['sari']:.2f} | "
+            f"{m['exact_match']:.2f} |")
+
+
 def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -> None:
     train_min = _train_minutes(runs / "rnd2rnd-both", train_minutes)
     best = checkpoints.load(ROOT / "checkpoints" / TASKS["split"])
     vocab = best.config.decoder.vocab_size
     params = sum(p.numel() for p in best.parameters()) / 1e6
+    fusion = _fusion_text(runs) if "fusion" in results else ("", "")
     for task, name in TASKS.items():
         if task not in results:
             continue
@@ -307,7 +388,8 @@ def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -
                              "needs no split\n  is split anyway, often by repeating itself. Decode without "
                              "`required_token_id` to let it end unsplit (bertgen docs/GENERATION.md)." if TASK_DECODING[task].get("require_separator")
                              else ""),
-            recipe=RECIPE, train_min=train_min,
+            recipe=RECIPE, train_min=train_min, lineage=LINEAGE[task], rule_row=_rule_row(r),
+            data_note=fusion[0] if task == "fusion" else "", fusion_recipe=fusion[1] if task == "fusion" else "",
             precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
 
@@ -316,7 +398,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundled")
-    parser.add_argument("--stage", choices=("train", "export", "config", "eval", "precision", "cards", "all"),
+    parser.add_argument("--stage", choices=("train", "export", "fusion", "config", "eval", "precision", "cards", "all"),
                         default="all", help="config: rewrite only the folders' generation_config.json")
     parser.add_argument("--precision", choices=("int8", "bfloat16"), default="int8",
                         help="--stage precision: score the bundled model quantized / in bf16")
@@ -336,6 +418,9 @@ def main() -> int:
         best = train_stage(args.data, args.runs)
     if args.stage in ("export", "all"):
         for folder in export_stage(best):
+            print("exported", folder)
+    if args.stage in ("fusion", "all"):
+        for folder in export_stage(fusion_stage(args.data, args.runs), ("fusion",)):
             print("exported", folder)
     if args.stage == "config":
         for path in config_stage():

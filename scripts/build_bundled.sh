@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Rebuilds checkpoints/wikisplit-split-small and checkpoints/wikisplit-fusion-small from
 # ../shared/data/wikisplit/tune.tsv (training) and validation.tsv (selection and scores).
-# Deterministic (seed 0, one torch thread per process); resumable: after an interruption
+# Deterministic (seed 0, fixed torch threads per stage); resumable: after an interruption
 # run it again and training continues from its last snapshot in runs/bundled/.
-# About 80 minutes of training on 2 CPU cores (one thread) plus ~20 minutes of scoring.
+# About 80 minutes of training on 2 CPU cores (one thread), ~35 minutes of fusion fine-tuning
+# (two threads), then ~20 minutes of scoring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
 PY="${PYTHON:-.venv/bin/python}"
 "$PY" scripts/build_bundled.py --stage train "$@"
 "$PY" scripts/build_bundled.py --stage export "$@"
+# the fusion model: the exported model fine-tuned on fusion with rule-made pairs (2 threads)
+OMP_NUM_THREADS=2 "$PY" scripts/build_bundled.py --stage fusion "$@"
 # score both directions at once (one thread each), then write the model cards
 "$PY" scripts/build_bundled.py --stage eval --task split "$@" &
 split_pid=$!
