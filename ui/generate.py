@@ -57,9 +57,11 @@ def build(settings: Settings) -> GenerateTab:
     task0 = DEFAULT_TASK
     with gr.Row():
         task = gr.Radio(TASK_CHOICES, value=task0, label="Task", elem_id="task", scale=3)
+        # the choices follow the page's task; an API call may name any task's checkpoint and
+        # models.resolve is the check (Gradio's own choice check refused those)
         checkpoint = gr.Dropdown(models.choices_for(task0, settings), value=models.default_checkpoint(task0, settings),
                                  label="Checkpoint", elem_id="checkpoint", scale=2,
-                                 allow_custom_value=settings.allow_any_hub_id,
+                                 allow_custom_value=True,
                                  info="or type any owner/name hub id" if settings.allow_any_hub_id else None)
     about = gr.Markdown(task_markdown(task0), elem_id="task_about")
     text = gr.Textbox(label="Input", lines=3, elem_id="input_text", max_length=settings.max_input_chars,
