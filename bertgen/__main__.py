@@ -15,6 +15,18 @@ import dataclasses
 import json
 import sys
 
+UNSET = "none"  # a flag value that removes the checkpoint's default instead of replacing it
+
+
+def _token_id(value: str):
+    if value.lower() == UNSET:
+        return UNSET
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"want a token id or '{UNSET}', got {value!r}") from None
+
+
 SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("max_new_tokens", int, "most tokens to generate (default 64, or the checkpoint's)"),
     ("max_length", int, "most decoder tokens, the start token included (HF semantics)"),
@@ -29,10 +41,9 @@ SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("top_k", int, "sample from the k most likely tokens (0: all)"),
     ("top_p", float, "sample from the smallest set with this probability mass"),
     ("seed", int, "random seed for sampling (reproducible output)"),
-    ("required_token_id", "token_id", "no EOS before this token id was generated (split models: the <::::> "
+    ("required_token_id", _token_id, "no EOS before this token id was generated (split models: the <::::> "
      "id); 'none' switches off the checkpoint's"),
 )
-UNSET = "none"  # a flag value that removes the checkpoint's default instead of replacing it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,15 +57,6 @@ def _early_stopping(value: str):
     if value.lower() not in table:
         raise argparse.ArgumentTypeError("choose true, false or never")
     return table[value.lower()]
-
-
-def _token_id(value: str):
-    if value.lower() == UNSET:
-        return UNSET
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"want a token id or '{UNSET}', got {value!r}") from None
 
 
 def _bool(value: str) -> bool:
@@ -84,7 +86,7 @@ def add_generate(subparsers) -> None:
     p.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
     p.add_argument("--early-stopping", type=_early_stopping, help="beam search: true, false or never")
     for name, kind, text in SETTING_FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), type=_token_id if kind == "token_id" else kind, help=text)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
     p.set_defaults(func=run_generate)
 
 

@@ -157,10 +157,11 @@ def precision_stage(data: Path, runs: Path, rows: int, precision: str, tasks=("s
     return results
 
 
-def copy_baseline(pairs, rows: int) -> dict:
+def baseline(pairs, rows: int, rewrite=lambda source: source) -> dict:
+    """Scores of a model-free system (copying the input by default) on the first `rows` pairs."""
     pairs = pairs[:rows]
     sources = [s for s, _ in pairs]
-    return score(sources, sources, [t for _, t in pairs])
+    return score([rewrite(s) for s in sources], sources, [t for _, t in pairs])
 
 
 def join_with_and(source: str) -> str:
@@ -169,22 +170,16 @@ def join_with_and(source: str) -> str:
     return re.sub(r" \. <::::> (\S)", lambda m: " , and " + m.group(1).lower(), source)
 
 
-def rule_baseline(pairs, rows: int) -> dict:
-    pairs = pairs[:rows]
-    sources = [s for s, _ in pairs]
-    return score([join_with_and(s) for s in sources], sources, [t for _, t in pairs])
-
-
 def eval_stage(data: Path, runs: Path, rows: int, tasks=("split", "fusion")) -> dict:
     results = {}
     for task in tasks:
         pairs = read_wikisplit(data / "validation.tsv", task, expected_rows=5000)
         folder = ROOT / "checkpoints" / TASKS[task]
         scores, seconds, preds = evaluate_folder(folder, pairs, rows)
-        results[task] = {"rows": min(rows, len(pairs)), "model": scores, "copy": copy_baseline(pairs, rows),
+        results[task] = {"rows": min(rows, len(pairs)), "model": scores, "copy": baseline(pairs, rows),
                          "decode_seconds": round(seconds, 1)}
         if task == "fusion":
-            results[task]["rule"] = rule_baseline(pairs, rows)
+            results[task]["rule"] = baseline(pairs, rows, join_with_and)
         (runs / f"predictions-{task}.txt").write_text("\n".join(preds) + "\n")
         (runs / f"eval-{task}.json").write_text(json.dumps(results[task], indent=2) + "\n")
         print(task, json.dumps(results[task]), flush=True)
@@ -354,10 +349,10 @@ def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -
     best = checkpoints.load(ROOT / "checkpoints" / TASKS["split"])
     vocab = best.config.decoder.vocab_size
     params = sum(p.numel() for p in best.parameters()) / 1e6
-    fusion = _fusion_text(runs) if "fusion" in results else ("", "")
     for task, name in TASKS.items():
         if task not in results:
             continue
+        data_note, fusion_recipe = _fusion_text(runs) if task == "fusion" else ("", "")
         r = results[task]
         m, c = r["model"], r["copy"]
         ok = m["sari"] >= c["sari"] + 5 and m["bleu"] > c["bleu"] and (task == "split" or m["exact_match"] >= 10)
@@ -389,7 +384,7 @@ def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -
                              "`required_token_id` to let it end unsplit (bertgen docs/GENERATION.md)." if TASK_DECODING[task].get("require_separator")
                              else ""),
             recipe=RECIPE, train_min=train_min, lineage=LINEAGE[task], rule_row=_rule_row(r),
-            data_note=fusion[0] if task == "fusion" else "", fusion_recipe=fusion[1] if task == "fusion" else "",
+            data_note=data_note, fusion_recipe=fusion_recipe,
             precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
 

@@ -86,8 +86,7 @@ def build(settings: Settings) -> None:
         for i in range(MAX_SYSTEMS):
             with gr.Column(visible=i < 2, min_width=240) as column:
                 gr.Markdown(f"### System {i + 1}")
-                # the choices follow the page's task; an API call may name any task's checkpoint and
-                # models.resolve is the check (Gradio's own choice check refused those)
+                # open to any value: models.resolve is the check (see there)
                 ckpt = gr.Dropdown(choices, value=default_system(DEFAULT_TASK, i, settings), label="Checkpoint", elem_id=f"cmp{i}_checkpoint",
                                    allow_custom_value=True)
                 strategy = gr.Radio(list(decoding.STRATEGIES), value="greedy" if i % 2 else "beam",

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import random
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import gradio as gr
 
@@ -156,4 +155,4 @@ def make_settings(model, task: str, values: list, max_new_tokens: int):
         raise ValueError(f"Required token must be true or false, got {required!r}.")
     resolved = resolve_settings(model, tasks.get_task(task).decoding, **caller)
     # off: drop the checkpoint's required token (None in `caller` would mean "not given")
-    return resolved if required else dataclasses.replace(resolved, required_token_id=None)
+    return resolved if required else replace(resolved, required_token_id=None)

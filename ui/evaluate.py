@@ -77,8 +77,7 @@ def build(settings: Settings) -> None:
     with gr.Row():
         benchmark = gr.Dropdown([(b.title, b.name) for b in BENCHMARKS.values()], value=bench0,
                                 label="Benchmark", elem_id="eval_benchmark")
-        # the choices follow the page's task; an API call may name any task's checkpoint and
-        # models.resolve is the check (Gradio's own choice check refused those)
+        # open to any value: models.resolve is the check (see there)
         checkpoints = gr.Dropdown(models.choices_for(task0, settings), multiselect=True,
                                   value=[models.default_checkpoint(task0, settings)], max_choices=MAX_CHECKPOINTS,
                                   allow_custom_value=True,

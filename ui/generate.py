@@ -57,8 +57,7 @@ def build(settings: Settings) -> GenerateTab:
     task0 = DEFAULT_TASK
     with gr.Row():
         task = gr.Radio(TASK_CHOICES, value=task0, label="Task", elem_id="task", scale=3)
-        # the choices follow the page's task; an API call may name any task's checkpoint and
-        # models.resolve is the check (Gradio's own choice check refused those)
+        # open to any value: models.resolve is the check (see there)
         checkpoint = gr.Dropdown(models.choices_for(task0, settings), value=models.default_checkpoint(task0, settings),
                                  label="Checkpoint", elem_id="checkpoint", scale=2,
                                  allow_custom_value=True,

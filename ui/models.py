@@ -99,7 +99,10 @@ def default_checkpoint(task: str, settings: Settings) -> str | None:
 
 
 def resolve(value: str | None, settings: Settings) -> Checkpoint:
-    """The checkpoint a choice value names; ValueError (a sentence for the user) otherwise."""
+    """The checkpoint a choice value names; ValueError (a sentence for the user) otherwise.
+
+    The only gate: the checkpoint dropdowns accept any value, because their choices follow the
+    page's task while an API call may name any task's checkpoint."""
     value = (value or "").strip()
     if not value:
         raise ValueError("Pick a checkpoint first.")
