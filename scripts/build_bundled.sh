@@ -3,7 +3,7 @@
 # ../shared/data/wikisplit/tune.tsv (training) and validation.tsv (selection and scores).
 # Deterministic (seed 0, fixed torch threads per stage); resumable: after an interruption
 # run it again and training continues from its last snapshot in runs/bundled/.
-# About 80 minutes of training on 2 CPU cores (one thread), ~25 minutes of fusion fine-tuning
+# About 80 minutes of training on 2 CPU cores (one thread), ~35-40 minutes of fusion fine-tuning
 # (two threads), then ~20 minutes of scoring.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,27 +1,38 @@
-"""Rule-made sentence-fusion pairs, to give a small model far more practice in copying two
-sentences whole while joining them the way WikiSplit's editors do.
+"""A fusion rule learned from WikiSplit's pairs, and the rule-made pairs it writes, which give
+a small model far more practice in copying two sentences whole while joining them.
 
-The joins are learned from the real pairs: for every `A . <::::> B .` whose reference is
-`A` + a few joining tokens + the rest of `B` (the low-edit cases), we record which tokens were
-inserted, how many leading words of `B` were dropped and whether `B`'s first word was
-lowercased, per first word of `B` ("He" -> "and", dropping "He", is common). A synthetic pair
-joins two random training sentences X and Y with a join sampled from those observed for Y's
-first word, or from all word-keeping joins when that word was seen too rarely.
+For every `A . <::::> B .` whose reference is `A` + a few joining tokens + the rest of `B`
+(the low-edit cases) we record the join: which tokens were inserted, which leading words of
+`B` were dropped ("He" -> ", and" drops "He") and whether `B`'s next word was lowercased.
+`JoinRule.learn` keeps, per first word of `B`, the one observed join that scores best (SARI)
+on the pairs whose `B` starts with that word, and one word-keeping join for the other words.
+Applied to an input it is a fusion baseline; applied to two random training sentences X and Y
+it makes a training pair. One join per word, not a sample of them: a model imitates the most
+frequent join it sees, and the most frequent one (`and`, dropping "He") is not the one that
+scores best (`, and`, dropping "He").
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 SEPARATOR = "<::::>"
 MAX_JOIN_TOKENS = 3   # longer insertions add content, not a join
 MAX_DROPPED = 3       # leading words of B a join may drop ("However ,", "He")
 MIN_SEEN = 5          # a first word needs this many observed joins to have its own
+CANDIDATES = 6        # the most frequent joins of a word that are scored
+SCORED_PAIRS = 200    # pairs per word a candidate join is scored on
+
+# (inserted tokens, dropped leading words of B, B's next word lowercased: True, False, or None
+# for "as the language does": lowercased when it is a common word such as "The")
+Join = tuple[tuple[str, ...], tuple[str, ...], bool | None]
 
 
 def observed_join(split: str, fused: str):
-    """(first word of B, inserted tokens, words of B dropped, B's next word lowercased) when
+    """(first word of B, inserted tokens, leading words of B dropped, B's next kept word
+    lowercased) when
     `fused` is A (without its final ".") + a short join + the rest of B; else None."""
     parts = split.split(f" {SEPARATOR} ")
     if len(parts) != 2:
@@ -39,7 +50,7 @@ def observed_join(split: str, fused: str):
             inserted = tuple(rest[:len(rest) - len(tail)])
             if len(inserted) > MAX_JOIN_TOKENS or not all(t.isalpha() or t in ",;:" for t in inserted):
                 return None
-            return b[0], inserted, dropped, kept[0] != tail[0]
+            return b[0], inserted, tuple(b[:dropped]), kept[0] != tail[0]
     return None
 
 
@@ -51,34 +62,98 @@ def _common_words(sentences: list[str]) -> set[str]:
             if w[:1].isupper() and inner[w.lower()] > inner[w]}
 
 
+def sari(predictions: list[str], references: list[str], sources: list[str]) -> float:
+    """SARI (common variant), the score a join is chosen by."""
+    from evaluation.metrics import compute  # the repository root is on sys.path (build_bundled, tests)
+    return compute("sari", predictions, [[r] for r in references], sources=sources)["sari"]
+
+
+@dataclass(frozen=True)
+class JoinRule:
+    """Fuses `A . <::::> B .` with the join learned for B's first word."""
+
+    joins: dict[str, Join]   # first word of B -> its best join
+    fallback: Join           # for first words seen fewer than MIN_SEEN times; keeps B whole
+    common: frozenset[str]   # capitalized words lowercased after a join ("The", not "Maria")
+
+    @classmethod
+    def learn(cls, pairs: list[tuple[str, str]], score=sari) -> "JoinRule":
+        observed: dict[str, Counter] = defaultdict(Counter)
+        for source, target in pairs:
+            found = observed_join(source, target)
+            if found:
+                observed[found[0]][found[1:]] += 1
+        keeping = Counter()
+        for counts in observed.values():
+            for (inserted, dropped, _), n in counts.items():
+                if not dropped:
+                    keeping[(inserted, (), None)] += n
+        if not keeping:
+            raise ValueError("no low-edit fusion pairs to learn joins from")
+        common = frozenset(_common_words(_sentences(pairs)))
+        by_word = defaultdict(list)
+        for source, target in pairs:
+            parts = source.split(f" {SEPARATOR} ")
+            if len(parts) == 2 and parts[1].split():
+                by_word[parts[1].split()[0]].append((source, target))
+
+        def best(candidates: list[Join], rows) -> Join:
+            rows = rows[:SCORED_PAIRS]
+            sources, references = [s for s, _ in rows], [t for _, t in rows]
+            return max(candidates, key=lambda join: score(
+                [fuse(s, join, common) or s for s in sources], references, sources))
+
+        joins = {word: best([j for j, _ in counts.most_common(CANDIDATES)], by_word[word])
+                 for word, counts in observed.items() if sum(counts.values()) >= MIN_SEEN}
+        fallback = best([j for j, _ in keeping.most_common(CANDIDATES)],
+                        [p for w, rows in by_word.items() if w not in joins for p in rows])
+        return cls(joins, fallback, common)
+
+    def __call__(self, source: str) -> str:
+        """The rule as a fusion baseline: the input unchanged where no join applies."""
+        parts = source.split(f" {SEPARATOR} ")
+        first = parts[1].split()[:1] if len(parts) == 2 else []
+        join = self.joins.get(first[0], self.fallback) if first else self.fallback
+        return fuse(source, join, self.common) or fuse(source, self.fallback, self.common) or source
+
+
+def fuse(source: str, join: Join, common: frozenset[str]) -> str | None:
+    """`A . <::::> B` fused with `join`; None when the input has another shape or B does not
+    start with the words the join drops."""
+    parts = source.split(f" {SEPARATOR} ")
+    if len(parts) != 2:
+        return None
+    xs, ys = parts[0].split(), parts[1].split()
+    inserted, dropped, lowered = join
+    if len(xs) < 2 or xs[-1] != "." or len(ys) < len(dropped) + 2 or tuple(ys[:len(dropped)]) != dropped:
+        return None
+    kept = ys[len(dropped):]
+    if lowered is None:
+        lowered = kept[0] in common
+    first = kept[0].lower() if lowered else kept[0]
+    return " ".join(xs[:-1] + list(inserted) + [first] + kept[1:])
+
+
+def _sentences(pairs: list[tuple[str, str]]) -> list[str]:
+    """The single sentences of the fusion pairs' sources."""
+    return sorted({part for source, _ in pairs for part in source.split(f" {SEPARATOR} ")
+                   if part.endswith(" .") and len(part.split()) >= 4})
+
+
 def synthetic_fusion_pairs(pairs: list[tuple[str, str]], count: int, seed: int = 0,
-                           max_words: int = 60) -> list[tuple[str, str]]:
+                           max_words: int = 60, rule: JoinRule | None = None) -> list[tuple[str, str]]:
     """`count` (two sentences joined by the separator, one fused sentence) pairs made from the
-    single sentences of the fusion `pairs` (source `A . <::::> B .`, target the fused text), at
-    most `max_words` words per pair so that the model's length limit does not cut a target."""
-    joins = defaultdict(list)
-    for source, target in pairs:
-        found = observed_join(source, target)
-        if found and found[2] == 0:
-            joins[found[0]].append((found[1], found[3]))
-    every = [j for js in joins.values() for j in js]
-    if not every:
-        raise ValueError("no low-edit fusion pairs to learn joins from")
-    sentences = sorted({part for source, _ in pairs for part in source.split(f" {SEPARATOR} ")
-                        if part.endswith(" .") and len(part.split()) >= 4})
-    common = _common_words(sentences)
+    single sentences of the fusion `pairs` (source `A . <::::> B .`, target the fused text) by
+    `rule` (learned from `pairs` when not given), at most `max_words` words per pair so that
+    the model's length limit does not cut a target."""
+    rule = rule or JoinRule.learn(pairs)
+    sentences = _sentences(pairs)
     rng = random.Random(seed)
     out = []
     while len(out) < count:
         x, y = rng.sample(sentences, 2)
-        xs, ys = x.split(), y.split()
-        if len(xs) + len(ys) > max_words:
+        if len(x.split()) + len(y.split()) > max_words:
             continue
-        own = joins.get(ys[0], [])
-        if len(own) >= MIN_SEEN:
-            inserted, lowered = rng.choice(own)
-        else:
-            (inserted, _), lowered = rng.choice(every), ys[0] in common
-        first = ys[0].lower() if lowered else ys[0]
-        out.append((f"{x} {SEPARATOR} {y}", " ".join(xs[:-1] + list(inserted) + [first] + ys[1:])))
+        source = f"{x} {SEPARATOR} {y}"
+        out.append((source, rule(source)))
     return out
