@@ -18,7 +18,8 @@ import sys
 UNSET = "none"  # a flag value that removes the checkpoint's default instead of replacing it
 
 
-def _token_id(value: str):
+def token_id_or_unset(value: str):
+    """argparse type of a token-id flag: an int, or UNSET to switch the checkpoint's value off."""
     if value.lower() == UNSET:
         return UNSET
     try:
@@ -41,7 +42,7 @@ SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("top_k", int, "sample from the k most likely tokens (0: all)"),
     ("top_p", float, "sample from the smallest set with this probability mass"),
     ("seed", int, "random seed for sampling (reproducible output)"),
-    ("required_token_id", _token_id, "no EOS before this token id was generated (split models: the <::::> "
+    ("required_token_id", token_id_or_unset, "no EOS before this token id was generated (split models: the <::::> "
      "id); 'none' switches off the checkpoint's"),
 )
 

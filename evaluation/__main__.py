@@ -26,7 +26,8 @@ DECODING = {  # flag -> (type, help)
     "top_k": (int, "sample from the k likeliest tokens"),
     "top_p": (float, "nucleus sampling mass"),
     "repetition_penalty": (float, "penalty for repeated tokens"),
-    "required_token_id": (int, "no EOS before this token id was generated"),
+    "required_token_id": (None, "no EOS before this token id was generated; 'none' switches off the "
+                                "checkpoint's (the split models require the separator)"),
 }
 
 
@@ -53,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sari-variant", choices=["paper", "common", "t2t"], help="default: the paper's")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--do-sample", action="store_true", default=None, help="sample instead of search")
+    from bertgen.__main__ import token_id_or_unset
     for name, (kind, text) in DECODING.items():
-        run.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        run.add_argument("--" + name.replace("_", "-"), type=kind or token_id_or_unset, help=text)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     merge = sub.add_parser("merge", help="merge the complete shards of one run")

@@ -97,9 +97,11 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
 
 def decoding_settings(bench: Benchmark, model_id: str, settings: dict | None) -> dict:
     """What the model is run with: the task's defaults (beam 4, ...) under a local checkpoint's
-    own generation_config.json choices, under the caller's settings (as the app prefills them)."""
+    own generation_config.json choices, under the caller's settings (as the app prefills them).
+    A caller's None means "not given"; UNSET ("none") means "off" and is kept as None."""
     if model_id == COPY:
         return {}
+    from bertgen.__main__ import UNSET
     from bertgen.checkpoints import CheckpointError
     from bertgen.tasks import decoding_defaults
 
@@ -108,7 +110,8 @@ def decoding_settings(bench: Benchmark, model_id: str, settings: dict | None) ->
         defaults = decoding_defaults(bench.task, folder if folder.is_dir() else None)
     except CheckpointError as err:
         raise RunError(str(err)) from None
-    return {**defaults, **{k: v for k, v in (settings or {}).items() if v is not None}}
+    given = {k: None if v == UNSET else v for k, v in (settings or {}).items() if v is not None}
+    return {**defaults, **given}  # an explicit None (from "none") switches the default off
 
 
 def plan_batches(sources: list[str], batch_size: int, num_shards: int = 1, shard_index: int = 0):
@@ -144,6 +147,10 @@ def _generate(record, bench, examples, plan, done, out, model, pipeline, progres
             kwargs = dict(record.settings)
             if kwargs.get("do_sample"):
                 kwargs["seed"] = record.seed + number  # per batch, so a resumed batch samples the same
+            off = {k: None for k, v in kwargs.items() if v is None}  # switched off: not "not given"
+            if off:
+                given = pipeline.settings(**{k: v for k, v in kwargs.items() if k not in off})
+                kwargs = {"settings": dataclasses.replace(given, **off)}  # .replace() skips None
             start = time.perf_counter()
             results = pipeline.run([prepare(examples.sources[i]) for i in batch], **kwargs)
             seconds = (time.perf_counter() - start) / len(batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -85,3 +86,24 @@ def test_cli_can_switch_off_the_split_models_required_separator():
 
     assert "<::::>" in run()  # the checkpoint's generation_config requires the separator
     assert "<::::>" not in run("--required-token-id", "none")
+
+
+def test_evaluation_can_switch_off_the_split_models_required_separator(tmp_path, capsys):
+    """`python -m evaluation run --required-token-id none`: the run records the setting as off
+    (a run of its own, not the default's) and its predictions end unsplit."""
+    from evaluation.__main__ import main
+    from evaluation.runs import load_runs
+    data = tmp_path / "one.tsv"
+    data.write_text("The river floods every spring .\tThe river floods every spring . <::::> It is wet .\n")
+    base = ["run", "--model", str(BUNDLED_DIR / BUNDLED["sentence-splitting"]), "--benchmark", "wikisplit",
+            "--data-files", str(data), "--output", str(tmp_path / "runs"), "--quiet"]
+    assert main(base) == 0 and main(base + ["--required-token-id", "none"]) == 0
+    default, off = sorted(load_runs(tmp_path / "runs"), key=lambda r: r.settings["required_token_id"] is None)
+    assert default.settings["required_token_id"] is not None and off.settings["required_token_id"] is None
+    assert default.run_id != off.run_id
+    (split,), (unsplit,) = ([json.loads(line)["prediction"] for line in r.predictions_path.read_text().splitlines()]
+                            for r in (default, off))
+    assert "<::::>" in split and "<::::>" not in unsplit
+    with pytest.raises(SystemExit) as exit_info:  # neither a token id nor "none"
+        main(base + ["--required-token-id", "sep"])
+    assert exit_info.value.code == 2 and "want a token id or 'none'" in capsys.readouterr().err
