@@ -11,11 +11,10 @@ errors become one line on stderr and exit code 2, never a stack trace.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
-UNSET = "none"  # a flag value that removes the checkpoint's default instead of replacing it
+from .generation import UNSET
 
 
 def token_id_or_unset(value: str):
@@ -96,12 +95,11 @@ def run_generate(args) -> int:
 
     settings = {name: getattr(args, name) for name, _, _ in SETTING_FLAGS}
     settings.update(do_sample=args.do_sample, early_stopping=args.early_stopping)
-    unset = {name: None for name, value in settings.items() if value == UNSET}
     pipe = pipeline("text2text-generation", model=args.model, device=args.device, dtype=args.dtype,
                     quantize=args.quantize, batch_size=args.batch_size,
                     add_special_tokens=args.add_special_tokens)
     # bad settings fail before any input is read
-    chosen = dataclasses.replace(pipe.settings(**{k: v for k, v in settings.items() if k not in unset}), **unset)
+    chosen = pipe.settings(**settings)
     texts = [args.text] if args.text is not None else read_lines(sys.stdin)
     chunk = args.batch_size * 8  # outputs appear chunk by chunk, not only at the end
     for start in range(0, len(texts), chunk):

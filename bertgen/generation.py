@@ -26,6 +26,7 @@ from .kernels import linear, matmul
 from .modeling import CrossAttentionCache, EncoderDecoderModel, LMHead, SelfAttentionCache
 
 DEFAULT_MAX_NEW_TOKENS = 64
+UNSET = "none"  # a setting's value that switches a checkpoint's default off (None: "not given")
 MAX_BEAMS = 256  # num_beams and num_return_sequences: far beyond use, far below an allocator crash
 MIN_TEMPERATURE = 1e-4  # below this, scaled scores overflow float32; the result is greedy either way
 NEG = -1.0e9  # transformers' "impossible" beam score (an unfilled result slot has it)
@@ -187,11 +188,12 @@ def _check_names(values: dict, what: str) -> None:
 
 
 def _layer(base: dict, top: dict) -> dict:
+    """`top` over `base`: None means "not given" (keep base's value), UNSET switches it off."""
     out = dict(base)
     for key, value in top.items():
         if value is None:
             continue
-        out[key] = value
+        out[key] = None if value == UNSET else value
         if key in _LENGTH_ALIASES:
             out[_LENGTH_ALIASES[key]] = None
     return out

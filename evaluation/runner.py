@@ -101,8 +101,8 @@ def decoding_settings(bench: Benchmark, model_id: str, settings: dict | None) ->
     A caller's None means "not given"; UNSET ("none") means "off" and is kept as None."""
     if model_id == COPY:
         return {}
-    from bertgen.__main__ import UNSET
     from bertgen.checkpoints import CheckpointError
+    from bertgen.generation import UNSET
     from bertgen.tasks import decoding_defaults
 
     folder = Path(_model_location(model_id))
@@ -128,6 +128,10 @@ def plan_batches(sources: list[str], batch_size: int, num_shards: int = 1, shard
 # ----------------------------------------------------------------------------------------
 def _generate(record, bench, examples, plan, done, out, model, pipeline, progress, should_stop, show_progress) -> bool:
     """Runs the missing batches, appending their predictions; True if told to stop."""
+    settings = dict(record.settings)
+    if None in settings.values():  # a recorded None is "off": the pipeline's UNSET, not "not given"
+        from bertgen.generation import UNSET
+        settings = {k: UNSET if v is None else v for k, v in settings.items()}
     owned = sum(len(b) for _, b in plan)
     finished = sum(1 for _, b in plan for i in b if i in done)
     prepare = _input_formatter(record.model, bench)
@@ -144,13 +148,9 @@ def _generate(record, bench, examples, plan, done, out, model, pipeline, progres
                 return True
             if pipeline is None:
                 pipeline = _load_pipeline(model, record)
-            kwargs = dict(record.settings)
+            kwargs = dict(settings)
             if kwargs.get("do_sample"):
                 kwargs["seed"] = record.seed + number  # per batch, so a resumed batch samples the same
-            off = {k: None for k, v in kwargs.items() if v is None}  # switched off: not "not given"
-            if off:
-                given = pipeline.settings(**{k: v for k, v in kwargs.items() if k not in off})
-                kwargs = {"settings": dataclasses.replace(given, **off)}  # .replace() skips None
             start = time.perf_counter()
             results = pipeline.run([prepare(examples.sources[i]) for i in batch], **kwargs)
             seconds = (time.perf_counter() - start) / len(batch)

@@ -32,8 +32,8 @@ Join = tuple[tuple[str, ...], tuple[str, ...], bool | None]
 
 def observed_join(split: str, fused: str):
     """(first word of B, inserted tokens, leading words of B dropped, B's next kept word
-    lowercased) when
-    `fused` is A (without its final ".") + a short join + the rest of B; else None."""
+    lowercased) when `fused` is A (without its final ".") + a short join + the rest of B;
+    else None."""
     parts = split.split(f" {SEPARATOR} ")
     if len(parts) != 2:
         return None

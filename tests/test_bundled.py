@@ -88,6 +88,15 @@ def test_cli_can_switch_off_the_split_models_required_separator():
     assert "<::::>" not in run("--required-token-id", "none")
 
 
+def test_pipeline_switches_off_the_required_separator_with_unset():
+    from bertgen.generation import UNSET
+    pipe = bertgen.pipeline("text2text-generation", model=str(BUNDLED_DIR / BUNDLED["sentence-splitting"]))
+    text = "The river floods every spring ."
+    assert pipe.settings(required_token_id=UNSET).required_token_id is None
+    assert pipe.settings(required_token_id=None).required_token_id is not None  # None: "not given"
+    assert "<::::>" in pipe(text)[0]["generated_text"]
+    assert "<::::>" not in pipe(text, required_token_id=UNSET)[0]["generated_text"]
+
 def test_evaluation_can_switch_off_the_split_models_required_separator(tmp_path, capsys):
     """`python -m evaluation run --required-token-id none`: the run records the setting as off
     (a run of its own, not the default's) and its predictions end unsplit."""

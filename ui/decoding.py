@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import gradio as gr
 
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
-from bertgen.generation import resolve_settings
+from bertgen.generation import UNSET, resolve_settings
 
 from . import models
 from .models import Checkpoint
@@ -153,6 +153,6 @@ def make_settings(model, task: str, values: list, max_new_tokens: int):
     )
     if not isinstance(required, bool):
         raise ValueError(f"Required token must be true or false, got {required!r}.")
-    resolved = resolve_settings(model, tasks.get_task(task).decoding, **caller)
-    # off: drop the checkpoint's required token (None in `caller` would mean "not given")
-    return resolved if required else replace(resolved, required_token_id=None)
+    if not required:  # drop the checkpoint's required token
+        caller["required_token_id"] = UNSET
+    return resolve_settings(model, tasks.get_task(task).decoding, **caller)
