@@ -51,6 +51,7 @@ class TrainConfig:
     init: str = "rnd2rnd"              # see INITS
     base: str | None = None            # BERT folder (warm starts) or checkpoint (init=checkpoint)
     num_layers: int | None = None      # warm starts: keep the first layers
+    trim_vocabulary: int = 0           # warm starts: keep only tokens the training sentences use this often
     # rnd2rnd architecture and vocabulary
     hidden_size: int = 256
     layers: int = 4
@@ -156,14 +157,14 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def build_tokenizer(cfg: TrainConfig, texts: list[str], workdir: Path):
+def build_tokenizer(cfg: TrainConfig, texts: list[str], workdir: Path, base: Path | None = None):
     from .tokenization import load_tokenizer, train_sentencepiece
     if cfg.init == "rnd2rnd":
         folder = workdir / "tokenizer"
         if (folder / "spiece.model").is_file():  # resuming: the vocabulary made at the start
             return load_tokenizer(folder)
         return train_sentencepiece(texts, cfg.vocab_size, folder, seed=cfg.seed)
-    base = _base_folder(cfg)
+    base = base or _base_folder(cfg)
     try:
         return load_tokenizer(base)
     except (FileNotFoundError, OSError, ValueError) as err:
@@ -179,7 +180,7 @@ def _base_folder(cfg: TrainConfig) -> Path:
         raise TrainingError(f"unknown base checkpoint: {err}") from None
 
 
-def build_model(cfg: TrainConfig, tokenizer) -> EncoderDecoderModel:
+def build_model(cfg: TrainConfig, tokenizer, base: Path | None = None) -> EncoderDecoderModel:
     torch.manual_seed(cfg.seed)
     if cfg.init == "rnd2rnd":
         enc = BertGenerationConfig(
@@ -193,7 +194,7 @@ def build_model(cfg: TrainConfig, tokenizer) -> EncoderDecoderModel:
                                       decoder_start_token_id=tokenizer.bos_token_id,
                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return EncoderDecoderModel(config)
-    base = _base_folder(cfg)
+    base = base or _base_folder(cfg)
     try:
         if cfg.init == "checkpoint":
             model = checkpoints.load(base)
@@ -243,8 +244,9 @@ class Trainer:
         texts = [t for p in pairs for t in p]
         if cfg.init == "rnd2rnd" and not (self.out / "tokenizer" / "spiece.model").is_file():
             texts = [t.replace(SEP, " ") for t in texts] + [SEP]
-        self.tokenizer = build_tokenizer(cfg, texts, self.out)
-        self.model = build_model(cfg, self.tokenizer)
+        base = self._trimmed_base(pairs) if cfg.trim_vocabulary and cfg.init in checkpoints.RECIPES else None
+        self.tokenizer = build_tokenizer(cfg, texts, self.out, base)
+        self.model = build_model(cfg, self.tokenizer, base)
         # the model's ids rule: a BERT vocabulary ends with [SEP] and pads with [PAD]
         eos = self.eos = self.model.config.eos_token_id
         self.pad = self.model.config.pad_token_id
@@ -272,6 +274,19 @@ class Trainer:
         self.step = 0
         self.best = None
         self.history: list[dict] = []
+
+    def _trimmed_base(self, pairs) -> Path:
+        """The base BERT with the vocabulary of the training sentences (made once per run)."""
+        folder = self.out / "trimmed-base"
+        if not (folder / "model.safetensors").is_file():  # written last: a complete folder
+            unique = sorted(set(sentences(pairs)))
+            separator = (SEP,) if any(SEP in s + t for s, t in pairs) else ()  # one token, not six
+            try:
+                checkpoints.trim_vocabulary(_base_folder(self.cfg), unique, folder, self.cfg.trim_vocabulary,
+                                            new_tokens=separator)
+            except checkpoints.CheckpointError as err:
+                raise TrainingError(f"cannot trim the vocabulary of {self.cfg.base}: {err}") from None
+        return folder
 
     # -- data --------------------------------------------------------------------------
     def _pairs(self, spec):
@@ -486,6 +501,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       "bertShare (warm start from --base BERT), checkpoint (fine-tune an encoder-decoder --base)")
     a("--base", help="BERT folder for warm starts, or an encoder-decoder checkpoint folder/hub id")
     a("--num-layers", type=int, help="warm starts: keep only the first N layers of the BERT")
+    a("--trim-vocabulary", type=int, metavar="MIN_COUNT", help="warm starts: keep only the WordPiece "
+      "tokens the training sentences use at least MIN_COUNT times (and every single character)")
     a("--hidden-size", type=int, default=d.hidden_size)
     a("--layers", type=int, default=d.layers)
     a("--heads", type=int, default=d.heads)

@@ -23,5 +23,12 @@ wait "$split_pid"
 int8_pid=$!
 "$PY" scripts/build_bundled.py --stage precision --precision bfloat16 --eval-rows 1000 "$@"
 wait "$int8_pid"
+# the other recipe (bertShare from MiniLM), for the comparison in the cards: train, then score
+# both directions at once
+OMP_NUM_THREADS=2 "$PY" scripts/build_bundled.py --stage bertshare "$@"
+"$PY" scripts/build_bundled.py --stage bertshare-eval --task split "$@" &
+split_pid=$!
+"$PY" scripts/build_bundled.py --stage bertshare-eval --task fusion "$@"
+wait "$split_pid"
 "$PY" scripts/build_bundled.py --stage cards "$@"
 du -sh checkpoints/wikisplit-*-small

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 import bertgen
 from bertgen.checkpoints import CheckpointError, export_state_dict
-from bertgen.config import BertGenerationConfig, ConfigError, EncoderDecoderConfig
+from bertgen.config import BertGenerationConfig, ConfigError, EncoderDecoderConfig, load_config
 from bertgen.modeling import EncoderDecoderModel
 
 from conftest import TINY, hf_encoder_decoder, ragged_batch
@@ -275,6 +276,35 @@ def test_minilm_warm_start_recipes_train(minilm):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_trim_vocabulary_keeps_the_tokens_and_outputs_of_the_texts(minilm, tmp_path):
+    from bertgen.tokenization import load_tokenizer
+    texts = ["The lighthouse was built in 1872 .", "Maria studied physics in Vienna ."]
+    out = bertgen.checkpoints.trim_vocabulary(minilm, texts, tmp_path / "trim", new_tokens=("<::::>",))
+    full, trimmed = load_tokenizer(minilm), load_tokenizer(out)
+    assert len(trimmed) < 3000 < len(full) and load_config(out).vocab_size == len(trimmed)
+
+    def pieces(tok, text):
+        return tok.convert_ids_to_tokens(tok.encode(text))
+    for text in texts:  # the same pieces, so the same BERT outputs (transformers is the oracle)
+        assert pieces(trimmed, text) == pieces(full, text)
+        with torch.no_grad():
+            a = T.BertModel.from_pretrained(minilm, add_pooling_layer=False).eval()(
+                torch.tensor([full.encode(text, add_special_tokens=True)])).last_hidden_state
+            b = T.BertModel.from_pretrained(out, add_pooling_layer=False).eval()(
+                torch.tensor([trimmed.encode(text, add_special_tokens=True)])).last_hidden_state
+        close(a, b)
+    # any other text still tokenizes (smaller pieces, no [UNK]); the separator is one kept token
+    assert trimmed.unk_token_id not in trimmed.encode("Zurich quietly welcomed xylophones")
+    split = "Built in Vienna . <::::> Maria studied ."
+    assert pieces(trimmed, split) == pieces(full, "Built in Vienna .") + ["<::::>"] + pieces(full, "Maria studied .")
+    assert trimmed.decode_generated(trimmed.encode(split)) == "built in vienna. <::::> maria studied."
+    no_vocab = tmp_path / "no-vocab"
+    shutil.copytree(out, no_vocab)
+    (no_vocab / "vocab.txt").unlink()
+    with pytest.raises(CheckpointError, match="no WordPiece vocab.txt"):
+        bertgen.checkpoints.trim_vocabulary(no_vocab, texts, tmp_path / "again")
 
 
 # ---------------------------------------------------------------------------------------

