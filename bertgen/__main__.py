@@ -41,6 +41,8 @@ SETTING_FLAGS = (  # (name, type, help) for GenerationSettings fields
     ("top_k", int, "sample from the k most likely tokens (0: all)"),
     ("top_p", float, "sample from the smallest set with this probability mass"),
     ("seed", int, "random seed for sampling (reproducible output)"),
+    ("cache_dtype", str, "store the KV caches in float32, bfloat16 or float16 (default: the model's dtype; "
+     "half precision halves their memory)"),
     ("required_token_id", token_id_or_unset, "no EOS before this token id was generated (split models: the <::::> "
      "id); 'none' switches off the checkpoint's"),
 )

@@ -384,13 +384,14 @@ class BertGenerationDecoder(PreTrained):
             self.lm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
     def cross_cache(self, encoder_hidden: Tensor, encoder_attention_mask: Tensor | None,
-                    group: int = 1) -> CrossAttentionCache:
-        """Cross-attention keys/values of every layer for these encoder states."""
+                    group: int = 1, dtype: torch.dtype | None = None) -> CrossAttentionCache:
+        """Cross-attention keys/values of every layer for these encoder states (stored in
+        `dtype` when given: half precision halves the memory of long inputs and many beams)."""
         keys, values = [], []
         for layer in self.bert.encoder.layer:
             k, v = layer.crossattention.cross_keys_values(encoder_hidden)
-            keys.append(k)
-            values.append(v)
+            keys.append(k if dtype is None else k.to(dtype))
+            values.append(v if dtype is None else v.to(dtype))
         mask = None
         if encoder_attention_mask is not None and not bool(encoder_attention_mask.all()):
             mask = additive_mask(encoder_attention_mask.bool()[:, None, None, :], encoder_hidden.dtype)
@@ -461,11 +462,11 @@ class EncoderDecoderModel(PreTrained):
         return out
 
     def cross_cache(self, encoder_hidden: Tensor, attention_mask: Tensor | None,
-                    group: int = 1) -> CrossAttentionCache:
-        return self.decoder.cross_cache(encoder_hidden, attention_mask, group)
+                    group: int = 1, dtype: torch.dtype | None = None) -> CrossAttentionCache:
+        return self.decoder.cross_cache(encoder_hidden, attention_mask, group, dtype)
 
-    def new_cache(self, rows: int, capacity: int) -> SelfAttentionCache:
-        return SelfAttentionCache(self.config.decoder, rows, capacity, self.dtype, self.device)
+    def new_cache(self, rows: int, capacity: int, dtype: torch.dtype | None = None) -> SelfAttentionCache:
+        return SelfAttentionCache(self.config.decoder, rows, capacity, dtype or self.dtype, self.device)
 
     def decode_step(self, input_ids: Tensor, cache: SelfAttentionCache, cross: CrossAttentionCache,
                     output_attentions: bool = False) -> tuple[Tensor, StackOutput]:

@@ -187,3 +187,36 @@ def synthetic_fusion_pairs(pairs: list[tuple[str, str]], count: int, seed: int =
         source = f"{x} {SEPARATOR} {y}"
         out.append((source, rule.join_unrelated(source)))
     return out
+
+
+PRONOUNS = ("He", "She", "It", "They")
+
+
+def _pronoun_fate(b: str, fused: str) -> str:
+    """"keep", "drop" or "other": what `fused` did with the leading pronoun of sentence `b`
+    (its next three words found right after the pronoun, found alone, or not found)."""
+    words = b.split()
+    rest = " ".join(words[1:4]).lower()
+    text = f" {fused.lower()} "
+    if f" {words[0].lower()} {rest} " in text:
+        return "keep"
+    return "drop" if f" {rest} " in text else "other"
+
+
+def pronoun_report(sources: list[str], outputs: list[str], references: list[str]) -> dict:
+    """How a fusion system treats a leading He / She / It / They of the second sentence, next
+    to the references: dropping it is right only where it is the first sentence's subject."""
+    out = {"rows": 0, "dropped": 0, "kept": 0, "reference_dropped": 0, "reference_kept": 0,
+           "dropped_where_reference_kept": 0}
+    for source, output, reference in zip(sources, outputs, references):
+        parts = source.split(f" {SEPARATOR} ")
+        if len(parts) != 2 or parts[1].split()[:1] == [] or parts[1].split()[0] not in PRONOUNS:
+            continue
+        mine, theirs = _pronoun_fate(parts[1], output), _pronoun_fate(parts[1], reference)
+        out["rows"] += 1
+        out["dropped"] += mine == "drop"
+        out["kept"] += mine == "keep"
+        out["reference_dropped"] += theirs == "drop"
+        out["reference_kept"] += theirs == "keep"
+        out["dropped_where_reference_kept"] += mine == "drop" and theirs == "keep"
+    return out

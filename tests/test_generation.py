@@ -342,6 +342,7 @@ def test_cross_attention_only(untied):
     (dict(seed=2**64), "seed"),
     (dict(required_token_id=-1), "required_token_id"),
     (dict(required_token_id="<::::>"), "required_token_id"),
+    (dict(cache_dtype="int8"), "cache_dtype must be one of float32, bfloat16, float16"),
 ])
 def test_invalid_settings_raise(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -458,6 +459,28 @@ def test_pipeline_inputs_truncation_and_special_tokens(untied, tmp_path):
     assert r.input_tokens == ["[CLS]", "w5", "w6", "[SEP]"]
     r = pipeline(model=tmp_path, add_special_tokens=False).run("w5 w6", max_new_tokens=3)[0]
     assert r.input_tokens == ["w5", "w6"]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3, num_return_sequences=2)])
+def test_half_precision_cache(untied, kw, monkeypatch):
+    """cache_dtype stores both caches in bf16 (half the memory); the scores stay close to fp32,
+    and "float32" on an fp32 model is the default exactly."""
+    _, bg, _, _ = untied
+    ids, mask = ragged_batch()
+    seen = []
+    for name in ("new_cache", "cross_cache"):
+        real = getattr(bg, name)
+        monkeypatch.setattr(bg, name, lambda *a, _real=real, **k: seen.append(_real(*a, **k)) or seen[-1])
+    full = generate(bg, ids, mask, resolve_settings(bg, max_new_tokens=8, **kw))
+    assert generate(bg, ids, mask, resolve_settings(bg, max_new_tokens=8, cache_dtype="float32", **kw)).sequences.equal(
+        full.sequences)
+    seen.clear()
+    half = generate(bg, ids, mask, resolve_settings(bg, max_new_tokens=8, cache_dtype="bfloat16", **kw))
+    self_cache, cross = seen
+    assert {t.dtype for t in self_cache.keys + self_cache.values + cross.keys + cross.values} == {torch.bfloat16}
+    assert half.sequences.equal(full.sequences)
+    assert torch.allclose(half.sequence_scores, full.sequence_scores, atol=2e-2)
+    assert not torch.equal(half.sequence_scores, full.sequence_scores)  # it did compute from bf16 values
 
 
 def test_int8_quantization_keeps_tied_embeddings(untied):

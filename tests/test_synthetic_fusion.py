@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from synthetic_fusion import JoinRule, fuse, observed_join, synthetic_fusion_pairs  # noqa: E402
+from synthetic_fusion import JoinRule, fuse, observed_join, pronoun_report, synthetic_fusion_pairs  # noqa: E402
 
 WIKISPLIT = ROOT.parent / "shared" / "data" / "wikisplit"
 SPLIT = "Maria studied physics in Vienna . <::::> She moved to Zurich to teach ."
@@ -107,3 +107,17 @@ def test_synthetic_pairs_are_the_rule_applied_to_two_sentences_reproducibly(tune
     for (x, y), t in dropping:
         dropped = f" {' '.join(y.split()[:3])}".lower() not in t.lower()
         assert dropped == (x.split()[0] == y.split()[0])
+
+
+def test_pronoun_report_counts_drops_against_the_references():
+    band = "The band formed in 1994 . <::::> He left the band later ."
+    sources = [SPLIT, SPLIT, band, band, "One . <::::> The end came ."]
+    outputs = ["Maria studied physics in Vienna , and moved to Zurich to teach .",   # dropped, as the reference
+               "Maria studied physics in Vienna ; she moved to Zurich to teach .",   # kept
+               "The band formed in 1994 , and left the band later .",               # dropped, reference kept
+               "The band formed in 1994 ; he left the band later .",
+               "One , and the end came ."]                                           # not a pronoun row
+    references = [outputs[0], outputs[0], outputs[3], "The band , which he left later , formed in 1994 .", outputs[4]]
+    assert pronoun_report(sources, outputs, references) == {
+        "rows": 4, "dropped": 2, "kept": 2, "reference_dropped": 2, "reference_kept": 1,
+        "dropped_where_reference_kept": 1}
