@@ -373,7 +373,9 @@ def _fusion_text(runs: Path) -> tuple[str, str]:
               f"them {LONG_TARGET + 1}-{r['max_target_length'] - 1} tokens long), each joining two random training "
               "sentences with the join learned for the second one's first word: of the joins tune.tsv's editors "
               "used after that word (`, and` dropping `He`, `, and the` ...), the one that scores best against "
-              "their references, so that the model practises copying two sentences whole; "
+              "their references, so that the model practises copying two sentences whole. A join that drops the "
+              "second sentence's pronoun drops it only where the first sentence starts with it (its subject), and "
+              "half of such pairs get such a first sentence; "
               f"AdamW lr {r['lr']:g}, {r['warmup_steps']} warm-up steps then linear decay, batch "
               f"{r['batch_size']}, label smoothing {r['label_smoothing']}, max {r['max_source_length']} tokens per "
               f"side, best dev SARI kept. It took {_train_minutes(runs / 'fusion', None):.0f} minutes "
@@ -420,13 +422,16 @@ def _other_recipe(runs: Path, task: str) -> tuple[str, str]:
     text = (f"The other recipe, the paper's bertShare: the first {b['num_layers']} layers of all-MiniLM-L6-v2 "
             "(a 6-layer, 384-wide BERT installed with pip) as both encoder and decoder, new cross-attention, "
             f"its uncased WordPiece vocabulary trimmed to the tokens tune.tsv uses at least {b['trim_vocabulary']} "
-            "times (plus every character and `<::::>`), the same data, copy stage and selection as this model: "
+            "times (plus every character and `<::::>`; 24 MB in fp16 with the tied weights stored once), the same "
+            "data, copy stage and dev selection as the rnd2rnd model these folders start from: "
             f"{b['copy_epochs']} copy epoch, {b['epochs']} epochs of both directions, AdamW lr {b['lr']:g}, "
-            f"{r['train_minutes']:.0f} minutes of training on 2 CPU cores, the same decoding. Its vocabulary is "
-            "lower-case and strips accents, so its outputs are lower-case: cased BLEU and exact match cannot "
-            f"credit them; compared lower-case it scores BLEU {low['bleu']:.2f} / exact match "
-            f"{low['exact_match']:.2f} (SARI is lower-cased anyway). Command: `python scripts/build_bundled.py "
-            "--stage bertshare` then `--stage bertshare-eval`.")
+            f"{r['train_minutes']:.0f} minutes of training on 2 CPU cores (rnd2rnd: 79), the same decoding. Its "
+            "vocabulary is lower-case and strips accents, so its outputs are lower-case: cased BLEU and exact match "
+            f"cannot credit them; compared lower-case it scores BLEU {low['bleu']:.2f} / exact match "
+            f"{low['exact_match']:.2f} (SARI is lower-cased anyway). In that time it learned to copy but not yet to "
+            f"{'split' if task == 'split' else 'fuse'} well: it repeats and garbles phrases, and it stays below "
+            "copying on SARI (the paper's bertShare trained for days on TPUs). Command: `python "
+            "scripts/build_bundled.py --stage bertshare` then `--stage bertshare-eval`.")
     return row, text
 
 

@@ -4,7 +4,8 @@
 # Deterministic (seed 0, fixed torch threads per stage); resumable: after an interruption
 # run it again and training continues from its last snapshot in runs/bundled/.
 # About 80 minutes of training on 2 CPU cores (one thread), ~35-40 minutes of fusion fine-tuning
-# (two threads), then ~20 minutes of scoring.
+# (two threads), ~20 minutes of scoring, then the bertShare comparison: ~35 minutes of training
+# and ~20 of scoring.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1
