@@ -462,7 +462,8 @@ def trim_vocabulary(bert: str | os.PathLike, texts, out_dir: str | os.PathLike, 
     Embedding rows are copied in the original order; nothing is retrained. `new_tokens` (e.g.
     WikiSplit's `<::::>`, which WordPiece would cut into six pieces) are appended as whole,
     non-special tokens (so decoding keeps them), their rows starting as copies of [SEP]'s."""
-    from .tokenization import _read_json as read_json, load_tokenizer
+    from tokenizers import AddedToken
+    from .tokenization import _added_tokens_config, _read_json as read_json, load_tokenizer
     folder = resolve(bert)
     vocab_file = folder / "vocab.txt"
     if not vocab_file.is_file():
@@ -473,11 +474,10 @@ def trim_vocabulary(bert: str | os.PathLike, texts, out_dir: str | os.PathLike, 
     used = {i for i, n in counts.items() if n >= min_count}
     used |= {i for i in tokenizer.all_special_ids if i is not None}
     used |= {i for i, tok in enumerate(vocab) if len(tok.removeprefix("##")) == 1}
-    keep = sorted(used)
-    rows = torch.tensor(keep)
-    state = read_state_dict(folder)
     new_tokens = [t for t in new_tokens if t not in vocab]
-    rows = torch.cat([rows, torch.full((len(new_tokens),), tokenizer.sep_token_id)])
+    keep = sorted(used)
+    rows = torch.tensor(keep + [tokenizer.sep_token_id] * len(new_tokens))
+    state = read_state_dict(folder)
     trimmed = {k: (v.index_select(0, rows).contiguous()
                    if (k.endswith("word_embeddings.weight") or k.startswith(("cls.predictions", "bert.cls")))
                    and v.shape[0] == len(vocab) else v)
@@ -491,9 +491,8 @@ def trim_vocabulary(bert: str | os.PathLike, texts, out_dir: str | os.PathLike, 
                                    encoding="utf-8")
     # not tokenizer.json: it holds the old vocabulary
     tok_config = read_json(folder / "tokenizer_config.json")
-    tok_config["added_tokens_decoder"] = {
-        str(len(keep) + n): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                             "single_word": False, "special": False} for n, t in enumerate(new_tokens)}
+    tok_config["added_tokens_decoder"] = _added_tokens_config(
+        {len(keep) + n: AddedToken(t, special=False, normalized=False) for n, t in enumerate(new_tokens)})
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
     if (folder / "special_tokens_map.json").is_file():
         shutil.copy(folder / "special_tokens_map.json", out / "special_tokens_map.json")

@@ -316,6 +316,8 @@ class GenerationOutput:
 def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """Plain attention (one query per row here): cheaper than the fused kernel, and the
     probabilities come for free, so recording them costs nothing extra."""
+    if k.dtype != q.dtype:  # a half-precision cache (cache_dtype): attention computes in q's dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
     scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if mask is not None:
         scores = scores + mask
@@ -343,18 +345,13 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
         heads = sa.heads
         q, k, v = (linear(x, m).reshape(rows, heads, 1, -1) for m in (sa.self.query, sa.self.key, sa.self.value))
         k, v = cache.append(i, k, v)
-        if k.dtype != q.dtype:  # a half-precision cache: attention still computes in q's dtype
-            k, v = k.to(q.dtype), v.to(q.dtype)
         out, probs = _single_query_attention(q, k, v, None)
         x = sa.output.LayerNorm(linear(out.reshape(rows, -1), sa.output.dense) + x)
         if need_weights:
             self_probs.append(probs[:, :, 0])
         # the `group` rows of one input (its beams) query that input's keys together
         q = linear(x, ca.self.query).reshape(rows // group, group, heads, -1).transpose(1, 2)
-        k, v = cross.keys[i], cross.values[i]
-        if k.dtype != q.dtype:
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        out, probs = _single_query_attention(q, k, v, cross.mask)
+        out, probs = _single_query_attention(q, cross.keys[i], cross.values[i], cross.mask)
         x = ca.output.LayerNorm(linear(out.transpose(1, 2).reshape(rows, -1), ca.output.dense) + x)
         if need_weights:
             cross_probs.append(probs.transpose(1, 2).reshape(rows, heads, -1))

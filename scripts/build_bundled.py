@@ -409,7 +409,7 @@ RULES = {"rule": "a one-line rule: `A . <::::> He ...` -> `A , and he ...`",
          "learned_rule": "the join rule learned from tune.tsv (`synthetic_fusion.JoinRule`): one join per first word of B"}
 
 
-def _other_recipe(runs: Path, task: str) -> tuple[str, str]:
+def _other_recipe(runs: Path, task: str, rnd2rnd_minutes: float) -> tuple[str, str]:
     """(score table row, paragraph) of the other recipe, bertShare (`--stage bertshare-eval`)."""
     path = runs / f"eval-bertshare-{task}.json"
     if not path.is_file():
@@ -425,7 +425,7 @@ def _other_recipe(runs: Path, task: str) -> tuple[str, str]:
             "times (plus every character and `<::::>`; 24 MB in fp16 with the tied weights stored once), the same "
             "data, copy stage and dev selection as the rnd2rnd model these folders start from: "
             f"{b['copy_epochs']} copy epoch, {b['epochs']} epochs of both directions, AdamW lr {b['lr']:g}, "
-            f"{r['train_minutes']:.0f} minutes of training on 2 CPU cores (rnd2rnd: 79), the same decoding. Its "
+            f"{r['train_minutes']:.0f} minutes of training on 2 CPU cores (rnd2rnd: {rnd2rnd_minutes:.0f}), the same decoding. Its "
             "vocabulary is lower-case and strips accents, so its outputs are lower-case: cased BLEU and exact match "
             f"cannot credit them; compared lower-case it scores BLEU {low['bleu']:.2f} / exact match "
             f"{low['exact_match']:.2f} (SARI is lower-cased anyway). In that time it learned to copy but not yet to "
@@ -482,7 +482,7 @@ def write_cards(results: dict, runs: Path, train_minutes: float | None = None) -
                              else _fusion_limitation(r)),
             recipe=RECIPE, train_min=train_min, lineage=LINEAGE[task], rule_row=_rule_row(r),
             data_note=data_note, fusion_recipe=fusion_recipe,
-            **dict(zip(("other_row", "other_recipe"), _other_recipe(runs, task))),
+            **dict(zip(("other_row", "other_recipe"), _other_recipe(runs, task, train_min))),
             precision=_precision_text(runs, task), decode_min=r["decode_seconds"] / 60)
         (ROOT / "checkpoints" / name / "README.md").write_text(text)
 
