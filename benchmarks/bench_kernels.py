@@ -1,9 +1,11 @@
-"""Matrix-multiply kernels on this CPU: `bertgen.kernels.matmul` against `F.linear` (MKL).
+"""Matrix-multiply kernels on this CPU: `bertgen.kernels` against `F.linear` (MKL).
 
 Not a test. For the weight shapes of the benchmark models (hidden 384/1024, FFN 4x) and the
 row counts that occur (1 = greedy step, 4 = beams, 32 = beam 4 x batch 8, 64/256 = an
-encoder pass) it reports ms per call and the ratio, best of `--repeats`, both interleaved so
-they see the same machine load.
+encoder pass) it reports ms per call of F.linear, of `kernels.matmul` on the plain weight,
+of `kernels.PackedLinear` (the weight in oneDNN's blocked layout, as `prepare_model` holds it
+on CPU) and of PackedLinear in bf16 where the CPU packs bf16; best of `--repeats`, all
+interleaved so they see the same machine load.
 
 Usage:  python benchmarks/bench_kernels.py [--threads 2]
 """
@@ -24,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from bertgen import kernels  # noqa: E402
 
-SHAPES = [(1024, 1024), (4096, 1024), (1024, 4096), (384, 384), (1536, 384)]
-ROWS = [1, 4, 32, 64, 256]
+SHAPES = [(1024, 1024), (4096, 1024), (1024, 4096), (384, 384), (1536, 384), (384, 1536)]
+ROWS = [1, 2, 4, 32, 64, 256]
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -49,20 +51,34 @@ def main() -> int:
         for out_f, in_f in SHAPES:
             # several weights per call so they are read from memory, as in a model, not from cache
             count = max(8, (64 << 20) // (4 * out_f * in_f))  # 64 MB: more than any CPU cache
-            weights = [torch.randn(out_f, in_f) * 0.02 for _ in range(count)]
-            bias = torch.zeros(out_f)
+            layers = [torch.nn.Linear(in_f, out_f) for _ in range(count)]
+            packed = [kernels.PackedLinear(layer) for layer in layers]
+            packed_bf16 = ([kernels.PackedLinear(layer.to(torch.bfloat16)) for layer in layers]
+                           if kernels.packable(layers[0].weight.bfloat16()) else None)
             for rows in ROWS:
                 x = torch.randn(rows, in_f)
-                ref = best_ms(lambda: [F.linear(x, w, bias) for w in weights], args.repeats) / len(weights)
-                new = best_ms(lambda: [kernels.matmul(x, w, bias) for w in weights], args.repeats) / len(weights)
-                gflop = 2 * rows * out_f * in_f / 1e9
-                rows_out.append({"out": out_f, "in": in_f, "rows": rows, "F.linear ms": round(ref, 3),
-                                 "bertgen ms": round(new, 3), "speed-up": round(ref / new, 2),
-                                 "bertgen GFLOP/s": round(gflop / new * 1e3, 1)})
-                print(json.dumps(rows_out[-1]), flush=True)
-    print("\n| out x in | rows | F.linear ms | bertgen.kernels ms | speed-up |\n|---|---:|---:|---:|---:|")
+                ms = {
+                    "F.linear": best_ms(lambda: [F.linear(x, m.weight, m.bias) for m in layers], args.repeats),
+                    "matmul": best_ms(lambda: [kernels.matmul(x, m.weight, m.bias) for m in layers], args.repeats),
+                    "packed": best_ms(lambda: [m(x) for m in packed], args.repeats),
+                }
+                if packed_bf16:
+                    xb = x.bfloat16()
+                    ms["packed bf16"] = best_ms(lambda: [m(xb) for m in packed_bf16], args.repeats)
+                row = {"out": out_f, "in": in_f, "rows": rows, **{k: round(v / count, 3) for k, v in ms.items()}}
+                row["packed GFLOP/s"] = round(2 * rows * out_f * in_f / 1e9 / (row["packed"] / 1e3), 1)
+                rows_out.append(row)
+                print(json.dumps(row), flush=True)
+    bf16 = "packed bf16" in rows_out[0]
+    print(f"\n| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | packed vs F.linear | "
+          f"packed vs matmul |{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}\n"
+          f"|---|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}")
     for r in rows_out:
-        print(f"| {r['out']} x {r['in']} | {r['rows']} | {r['F.linear ms']} | {r['bertgen ms']} | {r['speed-up']}x |")
+        line = (f"| {r['out']} x {r['in']} | {r['rows']} | {r['F.linear']} | {r['matmul']} | {r['packed']} | "
+                f"{r['F.linear'] / r['packed']:.2f}x | {r['matmul'] / r['packed']:.2f}x |")
+        if bf16:
+            line += f" {r['packed bf16']} | {r['matmul'] / r['packed bf16']:.2f}x |"
+        print(line)
     return 0
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import bertgen
+from bertgen import kernels
 from bertgen.checkpoints import CheckpointError, export_state_dict
 from bertgen.config import BertGenerationConfig, ConfigError, EncoderDecoderConfig, load_config
 from bertgen.modeling import EncoderDecoderModel
@@ -395,6 +396,66 @@ def test_kernel_matmul_equals_linear(rows, out_f, in_f):
             torch.testing.assert_close(matmul(x, w, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
         x3 = x.reshape(1, rows, in_f)  # [batch, time, in] keeps its leading shape
         assert matmul(x3, w, b).shape == (1, rows, out_f)
+
+
+requires_onednn = pytest.mark.skipif(not kernels.packable(torch.ones(1)),
+                                     reason="this torch build has no oneDNN linear (PackedLinear needs it)")
+
+
+@requires_onednn
+@pytest.mark.parametrize("rows", [1, 2, 4, 65])
+def test_packed_linear_equals_linear(rows):
+    from bertgen.kernels import PackedLinear, packable
+
+    g = torch.Generator().manual_seed(rows)
+    lin, no_bias = torch.nn.Linear(48, 32), torch.nn.Linear(48, 32, bias=False)
+    for m in (lin, no_bias):
+        torch.nn.init.normal_(m.weight, generator=g)
+    x = torch.randn(2, rows, 48, generator=g)  # [batch, time, in] keeps its leading shape
+    with torch.inference_mode():
+        for m in (lin, no_bias):
+            torch.testing.assert_close(PackedLinear(m)(x), F.linear(x, m.weight, m.bias), rtol=1e-5, atol=1e-5)
+        if packable(lin.weight.bfloat16()):  # bf16 weights, packed where the CPU computes bf16
+            packed = PackedLinear(torch.nn.Linear(48, 32).to(torch.bfloat16).requires_grad_(False))
+            packed.load_state_dict(lin.state_dict())
+            out = packed(x.bfloat16())
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out.float(), F.linear(x, lin.weight, lin.bias), rtol=0.02, atol=0.1)
+            with pytest.raises(TypeError, match="bfloat16 weights, input is torch.float32"):
+                packed(x)
+
+
+@requires_onednn
+def test_packed_linears_save_load_and_refuse_to_move():
+    import copy
+
+    from bertgen.kernels import PackedLinear, pack_linears, unpack_linears
+    shared = torch.nn.Linear(8, 8)
+    model = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.Linear(8, 3))
+    x = torch.randn(5, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = model(x).detach()
+    assert pack_linears(model, exclude=(model[3],)) == 1  # shared once; the excluded stays plain
+    assert isinstance(model[0], PackedLinear) and model[0] is model[2] and type(model[3]) is torch.nn.Linear
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected)
+    saved = model.state_dict()
+    assert saved.keys() == before.keys() and all(torch.equal(saved[k], before[k]) for k in before)
+    changed = {k: v * 2 for k, v in before.items()}
+    model.load_state_dict(changed)  # repacks the new weights
+    assert torch.equal(model.state_dict()["0.weight"], changed["0.weight"])
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight"):
+        model.load_state_dict({**changed, "0.weight": torch.zeros(8, 7)})
+    with pytest.raises(RuntimeError, match="unpack_linears"):
+        model.to(torch.float64)
+    with pytest.raises(TypeError, match="unpack_linears"):
+        copy.deepcopy(model)
+    assert unpack_linears(model) == 1
+    assert type(model[0]) is torch.nn.Linear and model[0] is model[2]
+    assert all(torch.equal(model.state_dict()[k], changed[k]) for k in changed)
+    model.to(torch.float64)  # an ordinary module again
+    model(x.double()).sum().backward()
+    assert model[0].weight.grad is not None
 
 
 def test_kernel_matmul_keeps_autograd_for_training():

@@ -483,6 +483,31 @@ def test_half_precision_cache(untied, kw, monkeypatch):
     assert not torch.equal(half.sequence_scores, full.sequence_scores)  # it did compute from bf16 values
 
 
+def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
+    from bertgen.kernels import PackedLinear, packable
+    hf, bg, eos, folder = pair
+    model = prepare_model(bertgen.load(folder), device="cpu")
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == (0 if not packable(torch.ones(1)) else
+                           sum(type(m) is torch.nn.Linear for m in bg.modules()) - 1)  # all but the LM head
+    head = model.decoder.lm_head.decoder
+    assert type(head) is torch.nn.Linear and head.weight is model.decoder.bert.embeddings.word_embeddings.weight
+    if bg.config.tie_encoder_decoder:
+        assert model.decoder.bert.encoder.layer[1].attention is model.encoder.encoder.layer[1].attention
+    ids, mask = ragged_batch()
+    with torch.inference_mode():
+        for kw in (dict(), dict(num_beams=4, num_return_sequences=2, length_penalty=1.5)):
+            settings = resolve_settings(bg, max_new_tokens=12, **kw)
+            out, ref = generate(model, ids, mask, settings), generate(bg, ids, mask, settings)
+            assert torch.equal(out.sequences, ref.sequences)
+            torch.testing.assert_close(out.sequence_scores, ref.sequence_scores, atol=1e-5, rtol=0)
+    bertgen.save(model, tmp_path / "saved")  # a packed model saves plain weights
+    reloaded = bertgen.load(tmp_path / "saved").state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in bg.state_dict().items())
+    assert not any(isinstance(m, PackedLinear) for m in prepare_model(bertgen.load(folder), device="cpu",
+                                                                     pack=False).modules())
+
+
 def test_int8_quantization_keeps_tied_embeddings(untied):
     _, bg, _, folder = untied
     model = bertgen.load(folder)

@@ -24,6 +24,7 @@ import torch
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
+from bertgen.kernels import PackedLinear
 from bertgen.pipeline import pipeline, precision_args
 
 from .settings import Settings
@@ -162,7 +163,9 @@ def model_bytes(model: torch.nn.Module) -> int:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    return total
+    # oneDNN-packed weights (CPU) are opaque tensors without a data_ptr; modules() lists each once
+    return total + sum(m.packed.numel() * m.packed.element_size()
+                       for m in model.modules() if isinstance(m, PackedLinear))
 
 
 def estimate_bytes(ckpt: Checkpoint, dtype: str) -> int:
