@@ -13,6 +13,7 @@ Usage:  python benchmarks/bench_kernels.py [--threads 2]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -53,7 +54,7 @@ def main() -> int:
             count = max(8, (64 << 20) // (4 * out_f * in_f))  # 64 MB: more than any CPU cache
             layers = [torch.nn.Linear(in_f, out_f) for _ in range(count)]
             packed = [kernels.PackedLinear(layer) for layer in layers]
-            packed_bf16 = ([kernels.PackedLinear(layer.to(torch.bfloat16)) for layer in layers]
+            packed_bf16 = ([kernels.PackedLinear(copy.deepcopy(layer).to(torch.bfloat16)) for layer in layers]
                            if kernels.packable(layers[0].weight.bfloat16()) else None)
             for rows in ROWS:
                 x = torch.randn(rows, in_f)

@@ -12,6 +12,9 @@ Measured with `python benchmarks/bench_kernels.py`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,15 +63,21 @@ def packable(weight: Tensor) -> bool:
     return weight.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+# Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
+# (often slower) than 4. Measured here: a row's result is then bit-identical whatever the batch.
+MIN_PACKED_ROWS = 4
+
+
 class PackedLinear(nn.Module):
     """An nn.Linear for CPU inference whose weight is stored once, in oneDNN's blocked layout.
 
-    A plain weight is re-laid into that layout inside every oneDNN call; packed, the call
-    only reads it. Measured (`benchmarks/bench_kernels.py --packed`): fp32 1.2-2.2x faster from
-    2 rows up (beams, batches, encoder passes) and 0.76-1.0x at exactly 1 row (greedy decoding
-    of one input); bf16 on a CPU with AVX512-BF16 ~2x faster than fp32 at every row count.
-    Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
-    `state_dict()` holds a plain `weight`, so a packed model saves like any other."""
+    A plain weight is re-laid into that layout inside every oneDNN call; packed, the call only
+    reads it. Measured with `benchmarks/bench_kernels.py` (2 threads, AMD EPYC): fp32 from 4
+    rows up (beams, batches) 1.3-1.7x faster than `matmul` on the plain weight, ~1.05x at 256
+    rows (encoder passes); 1-3 rows (greedy decoding, beam 2) 0.6-0.9x, since MKL's
+    matrix-vector kernels on the plain layout are better there. bf16 on a CPU with AVX512-BF16:
+    ~2x fp32 at most shapes. Inference only: no gradients, and no moving it (`unpack_linears`
+    gives nn.Linear back). `state_dict()` holds a plain `weight`: a packed model saves as any."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -79,8 +88,12 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.packed.dtype:  # oneDNN would fail with an unhelpful message
             raise TypeError(f"PackedLinear holds {self.packed.dtype} weights, input is {x.dtype}")
-        out = _ONEDNN_LINEAR(x.reshape(-1, self.in_features).contiguous(), self.packed, self.bias, "none", [], "")
-        return out.reshape(*x.shape[:-1], self.out_features)
+        flat = x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        if rows < MIN_PACKED_ROWS:
+            flat = torch.cat([flat, flat.new_zeros(MIN_PACKED_ROWS - rows, self.in_features)])
+        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, "none", [], "")
+        return out[:rows].reshape(*x.shape[:-1], self.out_features)
 
     def unpacked(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -128,25 +141,48 @@ def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:
     in place; modules shared by several parents (tied encoder-decoder layers) stay shared.
     Returns how many were packed (0 without oneDNN)."""
     skip = {id(m) for root in exclude for m in root.modules()}
-    replaced: dict[int, PackedLinear] = {}
-    for parent in list(model.modules()):
-        if id(parent) in skip:
-            continue
-        for name, child in list(parent._modules.items()):  # named_children() hides repeats
-            if type(child) is nn.Linear and id(child) not in skip and packable(child.weight):
-                if id(child) not in replaced:
-                    replaced[id(child)] = PackedLinear(child)
-                setattr(parent, name, replaced[id(child)])
-    return len(replaced)
+    return _replace_modules(model, lambda m: type(m) is nn.Linear and id(m) not in skip and packable(m.weight),
+                            PackedLinear, skip)
 
 
 def unpack_linears(model: nn.Module) -> int:
     """Undoes `pack_linears`: plain nn.Linear layers again (trainable, movable)."""
-    replaced: dict[int, nn.Linear] = {}
-    for parent in list(model.modules()):
+    return _replace_modules(model, lambda m: isinstance(m, PackedLinear), PackedLinear.unpacked)
+
+
+def _replace_modules(model: nn.Module, select, convert, skip: set[int] = frozenset()) -> int:
+    """Swaps each selected child module for `convert(child)`, once per module object (a module
+    shared by several parents gets one replacement, still shared). Parent by parent, the memory
+    of the modules just dropped is handed back, so the model never holds both copies."""
+    replaced: dict[int, nn.Module] = {}
+
+    def swap_children(parent: nn.Module) -> None:
         for name, child in list(parent._modules.items()):  # named_children() hides repeats
-            if isinstance(child, PackedLinear):
+            if child is not None and select(child):
                 if id(child) not in replaced:
-                    replaced[id(child)] = child.unpacked()
+                    replaced[id(child)] = convert(child)
                 setattr(parent, name, replaced[id(child)])
+
+    # parents only: a list that also held the modules being replaced would keep them alive
+    for parent in [m for m in model.modules() if not select(m) and id(m) not in skip]:
+        swap_children(parent)
+        _release_freed_memory()
     return len(replaced)
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps freed blocks of a few MB for reuse rather than returning them, so a model
+    whose weights were re-allocated one by one would hold twice its size (measured: 3.56 GB
+    for 1.74 GB of weights); malloc_trim hands the freed pages back. Elsewhere: a no-op."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()

@@ -428,6 +428,7 @@ def test_packed_linear_equals_linear(rows):
 @requires_onednn
 def test_packed_linears_save_load_and_refuse_to_move():
     import copy
+    import weakref
 
     from bertgen.kernels import PackedLinear, pack_linears, unpack_linears
     shared = torch.nn.Linear(8, 8)
@@ -435,7 +436,10 @@ def test_packed_linears_save_load_and_refuse_to_move():
     x = torch.randn(5, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expected = model(x).detach()
+    plain_weight = weakref.ref(shared.weight)
+    del shared
     assert pack_linears(model, exclude=(model[3],)) == 1  # shared once; the excluded stays plain
+    assert plain_weight() is None  # the plain copy is gone: packing does not double the memory
     assert isinstance(model[0], PackedLinear) and model[0] is model[2] and type(model[3]) is torch.nn.Linear
     with torch.inference_mode():
         torch.testing.assert_close(model(x), expected)
