@@ -7,7 +7,7 @@ of `kernels.PackedLinear` (the weight in oneDNN's blocked layout, as `prepare_mo
 on CPU) and of PackedLinear in bf16 where the CPU packs bf16; best of `--repeats`, all
 interleaved so they see the same machine load.
 
-Usage:  python benchmarks/bench_kernels.py [--threads 2]
+Usage:  python benchmarks/bench_kernels.py [--threads 2] [--save]   (--save keeps benchmarks/results_kernels.md)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--save", action="store_true", help="also write benchmarks/results_kernels.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows_out = []
@@ -71,15 +73,23 @@ def main() -> int:
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
     bf16 = "packed bf16" in rows_out[0]
-    print(f"\n| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | packed vs F.linear | "
-          f"packed vs matmul |{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}\n"
-          f"|---|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}")
+    lines = [f"Kernel benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.threads} threads, torch "
+             f"{torch.__version__}, best of {args.repeats}; load average at end {os.getloadavg()[0]:.2f}). "
+             "ms per call; weights cycled through 64 MB so they come from memory.", "",
+             f"| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | packed vs F.linear | "
+             f"packed vs matmul |{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}",
+             f"|---|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"]
     for r in rows_out:
         line = (f"| {r['out']} x {r['in']} | {r['rows']} | {r['F.linear']} | {r['matmul']} | {r['packed']} | "
                 f"{r['F.linear'] / r['packed']:.2f}x | {r['matmul'] / r['packed']:.2f}x |")
         if bf16:
             line += f" {r['packed bf16']} | {r['matmul'] / r['packed bf16']:.2f}x |"
-        print(line)
+        lines.append(line)
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    if args.save:
+        (ROOT / "benchmarks" / "results_kernels.md").write_text(
+            "# Kernel benchmark results\n\n`python benchmarks/bench_kernels.py --save`\n\n" + table)
     return 0
 
 

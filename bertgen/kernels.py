@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +57,25 @@ def linear(x: Tensor, module: nn.Module) -> Tensor:
 # Packed weights for CPU inference
 # ----------------------------------------------------------------------------------------
 def packable(weight: Tensor) -> bool:
-    """oneDNN packs fp32 everywhere and bf16 where the CPU has bf16 instructions (AVX512-BF16,
-    AMX; elsewhere oneDNN refuses); fp16 needs AVX512-FP16 and is left to F.linear."""
-    if _ONEDNN_PACK is None or weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+    """Whether `pack_linears` packs this weight: a CPU tensor of a dtype this torch and CPU
+    pack (fp32; bf16 needs bf16 instructions such as AVX512-BF16; fp16 is left to F.linear)."""
+    return weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16) and _packs(weight.dtype)
+
+
+@functools.cache
+def _packs(dtype: torch.dtype) -> bool:
+    """Tried once per dtype: the ops are internal to torch, and older builds or CPUs without
+    bf16 instructions refuse some dtypes (or lack the ops)."""
+    if _ONEDNN_PACK is None:
         return False
-    return weight.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(8, 16, generator=gen), torch.randn(4, 16, generator=gen)
+    try:
+        with torch.no_grad():
+            out = _ONEDNN_LINEAR(x.to(dtype), _ONEDNN_PACK(w.to(dtype), None), None, "none", [], "")
+    except RuntimeError:
+        return False
+    return torch.allclose(out.float(), x @ w.T, atol=0.1 if dtype == torch.bfloat16 else 1e-4)
 
 
 # Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
@@ -72,12 +87,12 @@ class PackedLinear(nn.Module):
     """An nn.Linear for CPU inference whose weight is stored once, in oneDNN's blocked layout.
 
     A plain weight is re-laid into that layout inside every oneDNN call; packed, the call only
-    reads it. Measured with `benchmarks/bench_kernels.py` (2 threads, AMD EPYC): fp32 from 4
-    rows up (beams, batches) 1.3-1.7x faster than `matmul` on the plain weight, ~1.05x at 256
-    rows (encoder passes); 1-3 rows (greedy decoding, beam 2) 0.6-0.9x, since MKL's
-    matrix-vector kernels on the plain layout are better there. bf16 on a CPU with AVX512-BF16:
-    ~2x fp32 at most shapes. Inference only: no gradients, and no moving it (`unpack_linears`
-    gives nn.Linear back). `state_dict()` holds a plain `weight`: a packed model saves as any."""
+    reads it. Against `matmul` on the plain weight (`benchmarks/results_kernels.md`, 2 threads,
+    AMD EPYC): 1.2-1.6x faster at 4-64 rows of 1024-wide weights (beams, batches), ~1.05x at 256
+    (encoder passes); at 1-4 rows of narrow (384-wide) weights, where `matmul` uses MKL's
+    matrix-vector kernels, 0.6-1.2x. bf16 on a CPU with AVX512-BF16: ~2x fp32 at most shapes.
+    Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
+    `state_dict()` holds a plain `weight`: a packed model saves like any other."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BertGenerationConfig, EncoderDecoderConfig
-from .kernels import linear, matmul
+from .kernels import PackedLinear, linear, matmul
 
 ACT_FNS = {
     "gelu": F.gelu,
@@ -300,8 +300,9 @@ class PreTrained(nn.Module):
         return next(self.parameters()).dtype
 
     def num_parameters(self) -> int:
-        """Unique parameters (shared tensors counted once)."""
-        return sum(p.numel() for p in self.parameters())
+        """Unique parameters (shared tensors counted once), packed linear weights included."""
+        return (sum(p.numel() for p in self.parameters())
+                + sum(m.packed.numel() for m in self.modules() if isinstance(m, PackedLinear)))
 
 
 class BertGenerationEncoder(PreTrained):

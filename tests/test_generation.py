@@ -490,6 +490,7 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     assert len(packed) == (0 if not packable(torch.ones(1)) else
                            sum(type(m) is torch.nn.Linear for m in bg.modules()) - 1)  # all but the LM head
+    assert model.num_parameters() == bg.num_parameters()  # the Models tab shows this
     head = model.decoder.lm_head.decoder
     assert type(head) is torch.nn.Linear and head.weight is model.decoder.bert.embeddings.word_embeddings.weight
     if bg.config.tie_encoder_decoder:
