@@ -160,6 +160,16 @@ def test_int8_serves_and_is_counted(settings):
     assert result.texts[0] is not None
 
 
+def test_packed_weights_are_counted(settings):
+    from bertgen.kernels import PackedLinear, packable
+    fusion = models.resolve("local:tiny-fusion", settings)
+    item = models.ModelCache(limit_bytes=10**9).get(fusion, "cpu", "float32")
+    plain = bertgen.load(fusion.location)
+    assert any(isinstance(m, PackedLinear) for m in item.pipe.model.modules()) == packable(torch.ones(1))
+    assert item.bytes == models.model_bytes(plain)  # packed (opaque) weights counted like plain ones
+    assert item.pipe.model.num_parameters() == plain.num_parameters()
+
+
 # ----------------------------------------------------------------------------------------
 # Decoding values, input checks
 # ----------------------------------------------------------------------------------------
