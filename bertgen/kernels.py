@@ -171,17 +171,20 @@ def _replace_modules(model: nn.Module, select, convert, skip: set[int] = frozens
     of the modules just dropped is handed back, so the model never holds both copies."""
     replaced: dict[int, nn.Module] = {}
 
-    def swap_children(parent: nn.Module) -> None:
+    def swap_children(parent: nn.Module) -> bool:
+        swapped = False
         for name, child in list(parent._modules.items()):  # named_children() hides repeats
             if child is not None and select(child):
                 if id(child) not in replaced:
                     replaced[id(child)] = convert(child)
                 setattr(parent, name, replaced[id(child)])
+                swapped = True
+        return swapped
 
     # parents only: a list that also held the modules being replaced would keep them alive
     for parent in [m for m in model.modules() if not select(m) and id(m) not in skip]:
-        swap_children(parent)
-        _release_freed_memory()
+        if swap_children(parent):
+            _release_freed_memory()
     return len(replaced)
 
 

@@ -66,6 +66,7 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantize={quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
     dtype = checkpoints._dtype(dtype)
+    kernels.unpack_linears(model)  # prepared before (a second pipeline over one model): start plain
     if quantize == "int8":
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError("quantize='int8' (torch dynamic quantization) runs on CPU only; "

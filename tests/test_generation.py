@@ -507,6 +507,13 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     assert all(torch.equal(reloaded[k], v) for k, v in bg.state_dict().items())
     assert not any(isinstance(m, PackedLinear) for m in prepare_model(bertgen.load(folder), device="cpu",
                                                                      pack=False).modules())
+    # preparing a prepared model again (a second pipeline over the same object) works
+    again = pipeline(model=model)
+    assert again.model is model and len([m for m in model.modules() if isinstance(m, PackedLinear)]) == len(packed)
+    with torch.inference_mode():
+        assert torch.equal(generate(model, ids, mask, settings).sequences, ref.sequences)
+    prepare_model(model, quantize="int8")  # and so does quantizing it
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
 
 
 def test_int8_quantization_keeps_tied_embeddings(untied):
