@@ -103,6 +103,10 @@ class PackedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.packed.dtype:  # oneDNN would fail with an unhelpful message
             raise TypeError(f"PackedLinear holds {self.packed.dtype} weights, input is {x.dtype}")
+        if x.requires_grad and torch.is_grad_enabled():  # the op has no backward: gradients would be wrong
+            raise RuntimeError("this model's linear layers are packed for inference (prepare_model / pipeline): "
+                               "run it under torch.no_grad() or torch.inference_mode(), or "
+                               "bertgen.kernels.unpack_linears(model) to train it")
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         if rows < MIN_PACKED_ROWS:

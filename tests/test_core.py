@@ -454,6 +454,8 @@ def test_packed_linears_save_load_and_refuse_to_move():
         model.to(torch.float64)
     with pytest.raises(TypeError, match="unpack_linears"):
         copy.deepcopy(model)
+    with pytest.raises(RuntimeError, match="packed for inference"):  # training it is an error, not a no-op
+        model(x.requires_grad_())
     assert unpack_linears(model) == 1
     assert type(model[0]) is torch.nn.Linear and model[0] is model[2]
     assert all(torch.equal(model.state_dict()[k], changed[k]) for k in changed)
