@@ -88,9 +88,9 @@ class PackedLinear(nn.Module):
 
     A plain weight is re-laid into that layout inside every oneDNN call; packed, the call only
     reads it. Against `matmul` on the plain weight (`benchmarks/results_kernels.md`, 2 threads,
-    AMD EPYC): 1.2-1.6x faster at 4-64 rows of 1024-wide weights (beams, batches), ~1.05x at 256
-    (encoder passes); at 1-4 rows of narrow (384-wide) weights, where `matmul` uses MKL's
-    matrix-vector kernels, 0.6-1.2x. bf16 on a CPU with AVX512-BF16: ~2x fp32 at most shapes.
+    AMD EPYC): 1.2-1.8x faster at 4-64 rows of 1024-wide weights (beams, batches), 1.03-1.12x
+    at 256 (encoder passes); at 1-4 rows of narrow (384-wide) weights, where `matmul` uses
+    MKL's matrix-vector kernels, 0.6-1.3x. bf16 (CPUs with AVX512-BF16): 2-3x fp32 from 32 rows.
     Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
     `state_dict()` holds a plain `weight`: a packed model saves like any other."""
 
