@@ -72,10 +72,15 @@ def _packs(dtype: torch.dtype) -> bool:
     w, x = torch.randn(8, 16, generator=gen), torch.randn(4, 16, generator=gen)
     try:
         with torch.no_grad():
-            out = _ONEDNN_LINEAR(x.to(dtype), _ONEDNN_PACK(w.to(dtype), None), None, "none", [], "")
+            out = _ONEDNN_LINEAR(x.to(dtype), _pack(w.to(dtype)), None, "none", [], "")
     except RuntimeError:
         return False
     return torch.allclose(out.float(), x @ w.T, atol=0.1 if dtype == torch.bfloat16 else 1e-4)
+
+
+def _pack(weight: Tensor) -> Tensor:
+    """The weight [out, in] in oneDNN's blocked layout (an opaque tensor), chosen for any row count."""
+    return _ONEDNN_PACK(weight.detach().contiguous(), None)
 
 
 # Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
@@ -97,7 +102,7 @@ class PackedLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _ONEDNN_PACK(linear.weight.detach(), None)
+        self.packed = _pack(linear.weight)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,7 +140,7 @@ class PackedLinear(nn.Module):
                 error_msgs.append(f"size mismatch for {key}: {tuple(weight.shape)} in the state dict, "
                                   f"{(self.out_features, self.in_features)} in the model")
             else:
-                self.packed = _ONEDNN_PACK(weight.detach().to(self.packed.dtype).contiguous(), None)
+                self.packed = _pack(weight.to(self.packed.dtype))
             state_dict = {k: v for k, v in state_dict.items() if k != key}
         else:
             missing_keys.append(key)
@@ -153,6 +158,12 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias is not None}, dtype={self.packed.dtype}"
+
+
+def packed_weights(model: nn.Module) -> list[Tensor]:
+    """The packed (opaque) weight tensors of `model`, each once: they are not parameters, so
+    counts of parameters or bytes add them."""
+    return [m.packed for m in model.modules() if isinstance(m, PackedLinear)]
 
 
 def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:

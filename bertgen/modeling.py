@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BertGenerationConfig, EncoderDecoderConfig
-from .kernels import PackedLinear, linear, matmul
+from .kernels import linear, matmul, packed_weights
 
 ACT_FNS = {
     "gelu": F.gelu,
@@ -301,8 +301,7 @@ class PreTrained(nn.Module):
 
     def num_parameters(self) -> int:
         """Unique parameters (shared tensors counted once), packed linear weights included."""
-        return (sum(p.numel() for p in self.parameters())
-                + sum(m.packed.numel() for m in self.modules() if isinstance(m, PackedLinear)))
+        return sum(p.numel() for p in self.parameters()) + sum(w.numel() for w in packed_weights(self))
 
 
 class BertGenerationEncoder(PreTrained):

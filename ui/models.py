@@ -24,7 +24,7 @@ import torch
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
-from bertgen.kernels import PackedLinear
+from bertgen.kernels import packed_weights
 from bertgen.pipeline import pipeline, precision_args
 
 from .settings import Settings
@@ -163,9 +163,8 @@ def model_bytes(model: torch.nn.Module) -> int:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    # oneDNN-packed weights (CPU) are opaque tensors without a data_ptr; modules() lists each once
-    return total + sum(m.packed.numel() * m.packed.element_size()
-                       for m in model.modules() if isinstance(m, PackedLinear))
+    # oneDNN-packed weights (CPU) are opaque tensors without a data_ptr, listed once each
+    return total + sum(w.numel() * w.element_size() for w in packed_weights(model))
 
 
 def estimate_bytes(ckpt: Checkpoint, dtype: str) -> int:
