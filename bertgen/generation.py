@@ -343,7 +343,7 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
     for i, layer in enumerate(dec.encoder.layer):
         sa, ca = layer.attention, layer.crossattention
         heads = sa.heads
-        q, k, v = (linear(x, m).reshape(rows, heads, 1, -1) for m in (sa.self.query, sa.self.key, sa.self.value))
+        q, k, v = (t.reshape(rows, heads, 1, -1) for t in sa.self.project(x))
         k, v = cache.append(i, k, v)
         out, probs = _single_query_attention(q, k, v, None)
         x = sa.output.LayerNorm(linear(out.reshape(rows, -1), sa.output.dense) + x)
@@ -355,7 +355,7 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
         x = ca.output.LayerNorm(linear(out.transpose(1, 2).reshape(rows, -1), ca.output.dense) + x)
         if need_weights:
             cross_probs.append(probs.transpose(1, 2).reshape(rows, heads, -1))
-        hidden = layer.intermediate.act(linear(x, layer.intermediate.dense))
+        hidden = linear(x, layer.intermediate.dense, layer.intermediate.hidden_act)
         x = layer.output.LayerNorm(linear(hidden, layer.output.dense) + x)
     cache.advance(1)
     head = model.decoder.lm_head

@@ -45,12 +45,54 @@ def matmul(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def linear(x: Tensor, module: nn.Module) -> Tensor:
-    """`module(x)` for an nn.Linear through `matmul`; quantized (int8 / 4-bit) layers bring their
-    own kernels and are called as they are."""
-    if type(module) is nn.Linear:
-        return matmul(x, module.weight, module.bias)
-    return module(x)
+ACT_FNS = {  # every `config.ACTIVATIONS` name
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+# The same activations as oneDNN post-ops (attr, scalars, algorithm): computed inside a packed
+# layer's matrix call instead of by a second pass (erf-GELU on 1536 values alone: ~14 us).
+_POST_OPS = {"gelu": ("gelu", [], "none"), "gelu_new": ("gelu", [], "tanh"), "relu": ("relu", [], "")}
+
+
+def linear(x: Tensor, module: nn.Module, activation: str | None = None) -> Tensor:
+    """`activation(module(x))` for an nn.Linear through `matmul`; a packed layer applies the
+    activation in its own call; quantized (int8 / 4-bit) layers bring their own kernels."""
+    if type(module) is PackedLinear and activation in _POST_OPS:
+        return module(x, activation)
+    out = matmul(x, module.weight, module.bias) if type(module) is nn.Linear else module(x)
+    return out if activation is None else ACT_FNS[activation](out)
+
+
+def stack_linears(parts: list[nn.Module]) -> nn.Linear:
+    """One nn.Linear whose output is the parts' outputs side by side (they share an input):
+    one matrix call instead of several. The parts must all have a bias or all have none."""
+    first = parts[0]
+    if any(p.in_features != first.in_features or (p.bias is None) != (first.bias is None) for p in parts):
+        raise ValueError("stacked linear layers need one input size and all or no biases")
+    stacked = nn.Linear(first.in_features, sum(p.out_features for p in parts), bias=first.bias is not None,
+                        device="meta", dtype=first.weight.dtype)
+    stacked.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]))
+    if first.bias is not None:
+        stacked.bias = nn.Parameter(torch.cat([p.bias.detach() for p in parts]))
+    return stacked
+
+
+def split_linear(layer: nn.Module, n: int) -> list[nn.Linear]:
+    """Undoes `stack_linears` for n equal parts (a packed layer is unpacked first)."""
+    if isinstance(layer, PackedLinear):
+        layer = layer.unpacked()
+    weights = layer.weight.detach().chunk(n)
+    biases = layer.bias.detach().chunk(n) if layer.bias is not None else [None] * n
+    parts = []
+    for w, b in zip(weights, biases):
+        part = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta", dtype=w.dtype)
+        part.weight = nn.Parameter(w.clone())  # own storage: checkpoint writers refuse shared memory
+        if b is not None:
+            part.bias = nn.Parameter(b.clone())
+        parts.append(part)
+    return parts
 
 
 # ----------------------------------------------------------------------------------------
@@ -105,7 +147,8 @@ class PackedLinear(nn.Module):
         self.packed = _pack(linear.weight)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """x @ weight.T + bias, then `activation` (a key of `_POST_OPS`) fused into the call."""
         if x.dtype != self.packed.dtype:  # oneDNN would fail with an unhelpful message
             raise TypeError(f"PackedLinear holds {self.packed.dtype} weights, input is {x.dtype}")
         if x.requires_grad and torch.is_grad_enabled():  # the op has no backward: gradients would be wrong
@@ -116,7 +159,7 @@ class PackedLinear(nn.Module):
         rows = flat.shape[0]
         if rows < MIN_PACKED_ROWS:
             flat = torch.cat([flat, flat.new_zeros(MIN_PACKED_ROWS - rows, self.in_features)])
-        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, "none", [], "")
+        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, *_POST_OPS.get(activation, ("none", [], "")))
         return out[:rows].reshape(*x.shape[:-1], self.out_features)
 
     def unpacked(self) -> nn.Linear:
@@ -199,11 +242,11 @@ def _replace_modules(model: nn.Module, select, convert, skip: set[int] = frozens
     # parents only: a list that also held the modules being replaced would keep them alive
     for parent in [m for m in model.modules() if not select(m) and id(m) not in skip]:
         if swap_children(parent):
-            _release_freed_memory()
+            release_freed_memory()
     return len(replaced)
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """glibc keeps freed blocks of a few MB for reuse rather than returning them, so a model
     whose weights were re-allocated one by one would hold twice its size (measured: 3.56 GB
     for 1.74 GB of weights); malloc_trim hands the freed pages back. Elsewhere: a no-op."""

@@ -58,15 +58,19 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     embeddings it is tied to stay float.
     quantize="4bit": bitsandbytes NF4 weights (CUDA and bitsandbytes needed).
     Quantizing works in place; a quantized model is for inference only (it cannot be saved).
+    Unquantized, each self-attention's query/key/value weights are stacked into one matrix
+    (`fuse_projections`: one call instead of three; the state dict keeps HF's names).
     pack (CPU, fp32 or bf16): the stacks' linear layers keep their weights in oneDNN's blocked
     layout (`kernels.pack_linears`, in place, no extra memory): a large model's beams and
     batches decode 1.1-1.5x faster; greedy decoding of one input and small models are about
     unchanged (-9% to +9%; pack=False keeps the plain weights). A packed model still saves;
-    `kernels.unpack_linears` makes it trainable and movable again."""
+    `kernels.unpack_linears` makes it trainable and movable again (and
+    `model.fuse_projections(False)` gives back the separate query/key/value layers)."""
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantize={quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
     dtype = checkpoints._dtype(dtype)
     kernels.unpack_linears(model)  # prepared before (a second pipeline over one model): start plain
+    model.fuse_projections(False)
     if quantize == "int8":
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError("quantize='int8' (torch dynamic quantization) runs on CPU only; "
@@ -80,6 +84,7 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     if quantize == "4bit":
         return quantize_4bit(model, device, dtype or torch.float16)
     model = model.to(device=device, dtype=dtype or model.dtype)
+    model.fuse_projections()
     if pack and device.type == "cpu":  # the LM head shares its weight with the embedding lookup
         kernels.pack_linears(model, exclude=(model.decoder.lm_head,))
     return model

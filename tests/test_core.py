@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import bertgen
 from bertgen import kernels
 from bertgen.checkpoints import CheckpointError, export_state_dict
-from bertgen.config import BertGenerationConfig, ConfigError, EncoderDecoderConfig, load_config
+from bertgen.config import ACTIVATIONS, BertGenerationConfig, ConfigError, EncoderDecoderConfig, load_config
 from bertgen.modeling import EncoderDecoderModel
 
 from conftest import TINY, hf_encoder_decoder, ragged_batch
@@ -415,6 +415,9 @@ def test_packed_linear_equals_linear(rows):
     with torch.inference_mode():
         for m in (lin, no_bias):
             torch.testing.assert_close(PackedLinear(m)(x), F.linear(x, m.weight, m.bias), rtol=1e-5, atol=1e-5)
+        for act in ACTIVATIONS:  # fused into the packed call where oneDNN has it, else applied after
+            torch.testing.assert_close(kernels.linear(x, PackedLinear(lin), act),
+                                       kernels.ACT_FNS[act](F.linear(x, lin.weight, lin.bias)), rtol=1e-5, atol=1e-5)
         if packable(lin.weight.bfloat16()):  # bf16 weights, packed where the CPU computes bf16
             packed = PackedLinear(torch.nn.Linear(48, 32).to(torch.bfloat16).requires_grad_(False))
             packed.load_state_dict(lin.state_dict())
@@ -462,6 +465,36 @@ def test_packed_linears_save_load_and_refuse_to_move():
     model.to(torch.float64)  # an ordinary module again
     model(x.double()).sum().backward()
     assert model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fused_query_key_value_keep_outputs_and_hf_names(tmp_path, hf_tied, hf_untied, tied):
+    folder = (hf_tied if tied else hf_untied)[1]
+    plain, fused = bertgen.load(folder).eval(), bertgen.load(folder).eval()
+    layers = plain.config.encoder.num_hidden_layers
+    assert fused.fuse_projections() == layers * (1 if tied else 2)  # a shared layer once
+    assert fused.fuse_projections() == 0
+    enc, dec = fused.encoder.encoder.layer[0], fused.decoder.bert.encoder.layer[0]
+    assert enc.attention.self.fused and not hasattr(enc.attention.self, "query")
+    assert not dec.crossattention.self.fused  # its query and key/value read different inputs
+    assert (dec.attention is enc.attention) == tied
+    ids, mask = ragged_batch()
+    labels = ids[:, :5]
+    with torch.no_grad():
+        a, b = plain(ids, mask, labels=labels), fused(ids, mask, labels=labels)
+    close(a.logits, b.logits)
+    close(a.loss, b.loss)
+    before = plain.state_dict()
+    saved = fused.state_dict()
+    assert list(saved) == list(before) and all(torch.equal(saved[k], before[k]) for k in before)
+    bertgen.save(fused, tmp_path / "fused")  # a checkpoint in HF's names, loadable anywhere
+    assert all(torch.equal(bertgen.load(tmp_path / "fused").state_dict()[k], v) for k, v in before.items())
+    changed = {k: v + 1 for k, v in before.items()}
+    fused.load_state_dict(changed)
+    assert all(torch.equal(fused.state_dict()[k], v) for k, v in changed.items())
+    assert fused.fuse_projections(False) == layers * (1 if tied else 2)
+    assert type(enc.attention.self.query) is torch.nn.Linear and not enc.attention.self.fused
+    assert all(torch.equal(fused.state_dict()[k], v) for k, v in changed.items())
 
 
 def test_kernel_matmul_keeps_autograd_for_training():

@@ -21,6 +21,7 @@ import torch
 
 import bertgen
 from bertgen.generation import GenerationSettings, generate, resolve_settings, stream
+from bertgen.modeling import Layer
 from bertgen.pipeline import pipeline, prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -488,8 +489,11 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     hf, bg, eos, folder = pair
     model = prepare_model(bertgen.load(folder), device="cpu")
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    assert len(packed) == (0 if not packable(torch.ones(1)) else
-                           sum(type(m) is torch.nn.Linear for m in bg.modules()) - 1)  # all but the LM head
+    self_attention = {id(m.attention.self) for m in model.modules() if isinstance(m, Layer)}
+    assert all(layer.attention.self.fused and not layer.crossattention.self.fused
+               for layer in model.decoder.bert.encoder.layer)  # query/key/value: one matrix
+    assert len(packed) == (0 if not packable(torch.ones(1)) else  # all but the LM head; qkv once
+                           sum(type(m) is torch.nn.Linear for m in bg.modules()) - 1 - 2 * len(self_attention))
     assert model.num_parameters() == bg.num_parameters()  # the Models tab shows this
     head = model.decoder.lm_head.decoder
     assert type(head) is torch.nn.Linear and head.weight is model.decoder.bert.embeddings.word_embeddings.weight
