@@ -125,6 +125,12 @@ def _pack(weight: Tensor) -> Tensor:
     return _ONEDNN_PACK(weight.detach().contiguous(), None)
 
 
+@functools.cache
+def _zero_rows(rows: int, width: int, dtype: torch.dtype) -> Tensor:
+    """Padding rows, made once per shape (read-only; a few KB each)."""
+    return torch.zeros(rows, width, dtype=dtype)
+
+
 # Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
 # (often slower) than 4. Measured here: a row's result is then bit-identical whatever the batch.
 MIN_PACKED_ROWS = 4
@@ -155,12 +161,14 @@ class PackedLinear(nn.Module):
             raise RuntimeError("this model's linear layers are packed for inference (prepare_model / pipeline): "
                                "run it under torch.no_grad() or torch.inference_mode(), or "
                                "bertgen.kernels.unpack_linears(model) to train it")
-        flat = x.reshape(-1, self.in_features)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # a decoding step's rows: as they are
         rows = flat.shape[0]
         if rows < MIN_PACKED_ROWS:
-            flat = torch.cat([flat, flat.new_zeros(MIN_PACKED_ROWS - rows, self.in_features)])
+            flat = torch.cat([flat, _zero_rows(MIN_PACKED_ROWS - rows, self.in_features, flat.dtype)])
         out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, *_POST_OPS.get(activation, ("none", [], "")))
-        return out[:rows].reshape(*x.shape[:-1], self.out_features)
+        if rows < MIN_PACKED_ROWS:
+            out = out[:rows]
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
 
     def unpacked(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
