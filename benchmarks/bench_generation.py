@@ -15,8 +15,9 @@ suppressed with min_new_tokens) it measures:
   built, via /proc/self/clear_refs), next to the bytes of the weights;
 - bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
 
-bertgen runs as `bertgen.pipeline` prepares a model for the CPU (`prepare_model`: linear layers
-packed in oneDNN's layout); "unpacked" is the same model with plain weights (`pack=False`).
+bertgen runs as `bertgen.pipeline` prepares a model for the CPU (`prepare_model`: query/key/value
+stacked into one matrix, linear layers packed in oneDNN's layout); "unprepared" is the same
+weights as loaded (separate query/key/value, plain layout): what `prepare_model` buys.
 
 Usage:  python benchmarks/bench_generation.py            # full run (~10 min on 2 cores)
         python benchmarks/bench_generation.py --quick    # small model only, < 1 min
@@ -245,7 +246,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
     began = time.perf_counter()
     model = build_bertgen(size)
     reference = build_transformers(size, like=model)
-    unpacked = sharing_copy(model)
+    unprepared = sharing_copy(model)
     prepare_model(model, device="cpu")
     log(f"{size}: built both models in {time.perf_counter() - began:.0f} s")
     rows = []
@@ -255,7 +256,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
         best = measure({
             "bertgen": lambda n: run_bertgen(model, ids, beams, n),
             "transformers": lambda n: run_transformers(reference, ids, beams, n),
-            "bertgen unpacked": lambda n: run_bertgen(unpacked, ids, beams, n),
+            "bertgen unprepared": lambda n: run_bertgen(unprepared, ids, beams, n),
             "bertgen+attention": lambda n: run_bertgen(model, ids, beams, n, attentions=True),
             "bertgen+bf16 cache": lambda n: run_bertgen(model, ids, beams, n, cache_dtype="bfloat16"),
         }, repeats)
@@ -265,7 +266,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             "bertgen_ms_per_step": best["bertgen"]["ms_per_step"],
             "transformers_ms_per_step": best["transformers"]["ms_per_step"],
             "speedup": best["transformers"]["ms_per_step"] / best["bertgen"]["ms_per_step"],
-            "unpacked_ms_per_step": best["bertgen unpacked"]["ms_per_step"],
+            "unprepared_ms_per_step": best["bertgen unprepared"]["ms_per_step"],
             "bertgen_tokens_per_s": batch * NEW_TOKENS / best["bertgen"]["tn"],
             "transformers_tokens_per_s": batch * NEW_TOKENS / best["transformers"]["tn"],
             "attention_cost_pct": 100 * (best["bertgen+attention"]["tn"] / best["bertgen"]["tn"] - 1),
@@ -282,7 +283,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms, "
             f"attention +{row['attention_cost_pct']:.1f}%")
     if do_lowp:  # other precisions, against transformers fp32 (tokens may differ from fp32)
-        del reference, unpacked, model
+        del reference, unprepared, model
         gc.collect()
         variants = {"bf16": lambda: prepare_model(build_bertgen(size), dtype="bfloat16", device="cpu"),
                     "int8": lambda: quantize_int8(build_bertgen(size))}
@@ -316,7 +317,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['load_start']}, at end {meta['load_end']}; read bandwidth {meta['bandwidth_gbs']:.1f} GB/s). "
         f"64 input tokens, 32 new tokens.",
         "",
-        "| size | case | bertgen ms/step | transformers ms/step | speed-up | bertgen unpacked ms/step "
+        "| size | case | bertgen ms/step | transformers ms/step | speed-up | bertgen unprepared ms/step "
         "| bertgen tok/s | transformers tok/s "
         "| floor ms/step | bertgen / floor | attention capture | peak RSS bertgen (x weights; x without Python) "
         "| peak RSS transformers (same, x its weights) |",
@@ -325,7 +326,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append(
             f"| {r['size']} | {r['case']} | {r['bertgen_ms_per_step']:.1f} | {r['transformers_ms_per_step']:.1f} "
-            f"| {r['speedup']:.2f}x | {r['unpacked_ms_per_step']:.1f} "
+            f"| {r['speedup']:.2f}x | {r['unprepared_ms_per_step']:.1f} "
             f"| {r['bertgen_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} "
             f"| {r['floor_ms_per_step']:.1f} | {r['over_floor']:.2f} | {r['attention_cost_pct']:+.1f}% "
             f"| {_rss(r.get('rss_bertgen'))} | {_rss(r.get('rss_transformers'))} |")
@@ -343,8 +344,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append(f"| {r['size']} | {r['case']} | {r['bf16_cache_cost_pct']:+.1f}% "
                      f"| {_rss(r.get('rss_bertgen_bf16cache'))} |")
-    lines += ["", "bertgen: the model as `bertgen.pipeline` prepares it on CPU (linear layers packed in oneDNN's "
-                  "blocked layout, `prepare_model`); unpacked: the same weights kept plain (`pack=False`).",
+    lines += ["", "bertgen: the model as `bertgen.pipeline` prepares it on CPU (`prepare_model`: query/key/value "
+                  "stacked into one matrix, linear layers packed in oneDNN's blocked layout); unprepared: the same "
+                  "weights as loaded (separate query/key/value, plain layout).",
               "", "Peak RSS is the whole process (Python + torch + weights + caches) during generation, "
                   "measured in a fresh subprocess per case; the second ratio leaves out the process's RSS "
                   "before the weights were allocated (interpreter, torch and its meta-device machinery: ~300 MB). Weights: bytes of the unique "
