@@ -374,7 +374,9 @@ def main(argv=None) -> int:
     import transformers
     sizes = (args.sizes or ("small" if args.quick else "small,large")).split(",")
     cases = args.cases.split(",")
-    repeats = args.repeats or (1 if args.quick else 3)  # the large model: at most 2 (its beam runs are long)
+    # best of 5 for the small model (its steps are short, so one slow run on a shared host moves
+    # a case by 10%); the large model: at most 2 (its beam runs are long)
+    repeats = args.repeats or (1 if args.quick else 5)
     started = time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)  # noqa: E731
     meta = {"when": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "torch": torch.__version__,

@@ -380,8 +380,8 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
 class _Recorder:
     """Per-step attention of the rows that were decoded, to be read back along a path of rows."""
 
-    def __init__(self, n_inputs: int, group: int):
-        self.n_inputs, self.group = n_inputs, group
+    def __init__(self, n_inputs: int, group: int, self_attention: bool):
+        self.n_inputs, self.group, self.self_attention = n_inputs, group, self_attention
         self.cross: list[Tensor] = []
         self.self_: list[Tensor] = []
         self.slot: list[Tensor] = []  # per step: input -> its position in that step's batch
@@ -391,7 +391,8 @@ class _Recorder:
         slot[active] = torch.arange(len(active), device=active.device)
         self.slot.append(slot)
         self.cross.append(torch.stack(cross_probs, 1).float())  # [rows, L, H, src]
-        self.self_.append(torch.stack(self_probs, 1).float())   # [rows, L, H, t+1]
+        if self.self_attention:  # decoder self-attention only when asked for: it costs as much again
+            self.self_.append(torch.stack(self_probs, 1).float())   # [rows, L, H, t+1]
 
     def follow(self, paths: Tensor, lengths: Tensor, which: str) -> list[Tensor]:
         """paths[i, t]: the row (input * group + member) that produced token t + 1 of sequence i."""
@@ -605,7 +606,8 @@ def _finish(seqs, scores, logprobs, lengths, paths, group, record) -> Generation
     out = GenerationOutput(seqs, scores, logprobs, lengths)
     if record is not None:
         out.cross_attentions = record.follow(paths, lengths, "cross")
-        out.decoder_attentions = record.follow(paths, lengths, "self")
+        if record.self_attention:
+            out.decoder_attentions = record.follow(paths, lengths, "self")
     return out
 
 
@@ -627,7 +629,7 @@ def _loop(model, input_ids, attention_mask, settings, output_cross_attentions, o
     enc = model.encode(input_ids, attention_mask, output_attentions=output_attentions)
     group = settings.num_beams if settings.num_beams > 1 else (
         settings.num_return_sequences if settings.do_sample else 1)
-    record = _Recorder(input_ids.shape[0], group) if capture else None
+    record = _Recorder(input_ids.shape[0], group, self_attention=output_attentions) if capture else None
     loop = _beam_loop if settings.num_beams > 1 else _sample_loop
     out = yield from loop(model, enc.last_hidden_state, attention_mask, settings, record)
     keep = attention_mask.bool()
@@ -639,8 +641,6 @@ def _loop(model, input_ids, attention_mask, settings, output_cross_attentions, o
     if output_attentions:
         layers = torch.stack(enc.attentions, 1).float()  # [inputs, L, H, src, src]
         out.encoder_attentions = [layers[i][:, :, keep[i]][..., keep[i]] for i in range(len(layers))]
-    else:
-        out.decoder_attentions = None
     return out
 
 
