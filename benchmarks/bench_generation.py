@@ -15,12 +15,17 @@ suppressed with min_new_tokens) it measures:
   built, via /proc/self/clear_refs), next to the bytes of the weights;
 - bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
 
+`--device cuda --dtype bfloat16` runs the same cases on a GPU, both frameworks in that dtype
+(peak RSS and the CPU precision table are left out there; the floor uses the GPU's read
+bandwidth and the dtype's bytes).
+
 bertgen runs as `bertgen.pipeline` prepares a model for the CPU (`prepare_model`: query/key/value
 stacked into one matrix, linear layers packed in oneDNN's layout); "unprepared" is the same
 weights as loaded (separate query/key/value, plain layout): what `prepare_model` buys.
 
 Usage:  python benchmarks/bench_generation.py            # full run (~10 min on 2 cores)
         python benchmarks/bench_generation.py --quick    # small model only, < 1 min
+        python benchmarks/bench_generation.py --device cuda --dtype bfloat16 --sizes large
 Writes benchmarks/results/bench_generation.{json,md}; a full run also writes benchmarks/results.md.
 """
 
@@ -131,8 +136,8 @@ def build_transformers(size: str, like: EncoderDecoderModel | None = None):
     return model.eval()
 
 
-def inputs(batch: int, vocab: int) -> torch.Tensor:
-    return torch.randint(3, vocab, (batch, INPUT_TOKENS), generator=torch.Generator().manual_seed(1))
+def inputs(batch: int, vocab: int, device: str = "cpu") -> torch.Tensor:
+    return torch.randint(3, vocab, (batch, INPUT_TOKENS), generator=torch.Generator().manual_seed(1)).to(device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -153,8 +158,11 @@ def run_transformers(model, ids, beams: int, new: int):
 
 
 def timed(fn) -> float:
+    """Wall time of fn(), GPU work included (CUDA runs asynchronously)."""
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -172,14 +180,14 @@ def measure(runners: dict, repeats: int) -> dict:
     return best
 
 
-def read_bandwidth_gbs(mbytes: int = 1024, repeats: int = 5) -> float:
-    big = torch.ones(mbytes * 2**20 // 4)
+def read_bandwidth_gbs(mbytes: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+    big = torch.ones(mbytes * 2**20 // 4, device=device)
     big.sum()
     best = min(timed(big.sum) for _ in range(repeats))
     return big.numel() * 4 / best / 1e9
 
 
-def decoder_bytes_per_step(config: EncoderDecoderConfig, beams: int, batch: int) -> int:
+def decoder_bytes_per_step(config: EncoderDecoderConfig, beams: int, batch: int, element_bytes: int = 4) -> int:
     """What one step must read: decoder weights (cross K/V projections excluded: computed once),
     the LM head (the tied embedding matrix), and the KV caches at the middle step."""
     d = config.decoder
@@ -188,7 +196,7 @@ def decoder_bytes_per_step(config: EncoderDecoderConfig, beams: int, batch: int)
     weights = layers * per_layer + d.vocab_size * h + d.vocab_size + 2 * h
     rows, mid = beams * batch, NEW_TOKENS // 2
     kv = layers * 2 * h * (rows * mid + batch * INPUT_TOKENS)
-    return 4 * (weights + kv)
+    return element_bytes * (weights + kv)
 
 
 # ----------------------------------------------------------------------------------------
@@ -241,18 +249,20 @@ def peak_rss(size: str, case: str, framework: str) -> dict | None:
 # The run
 # ----------------------------------------------------------------------------------------
 def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_rss: bool, do_lowp: bool,
-               log) -> list[dict]:
+               log, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
     config, _ = configs(size)
     began = time.perf_counter()
     model = build_bertgen(size)
     reference = build_transformers(size, like=model)
     unprepared = sharing_copy(model)
-    prepare_model(model, device="cpu")
+    if device != "cpu" or dtype != torch.float32:  # copies: on CPU in fp32 all three share one set
+        reference, unprepared = reference.to(device, dtype), unprepared.to(device, dtype)
+    prepare_model(model, dtype=dtype, device=device)
     log(f"{size}: built both models in {time.perf_counter() - began:.0f} s")
     rows = []
     for case in cases:
         beams, batch = CASES[case]
-        ids = inputs(batch, config.decoder.vocab_size)
+        ids = inputs(batch, config.decoder.vocab_size, device)
         best = measure({
             "bertgen": lambda n: run_bertgen(model, ids, beams, n),
             "transformers": lambda n: run_transformers(reference, ids, beams, n),
@@ -260,7 +270,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             "bertgen+attention": lambda n: run_bertgen(model, ids, beams, n, attentions=True),
             "bertgen+bf16 cache": lambda n: run_bertgen(model, ids, beams, n, cache_dtype="bfloat16"),
         }, repeats)
-        floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch) / (bandwidth * 1e9)
+        floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch, dtype.itemsize) / (bandwidth * 1e9)
         row = {
             "size": size, "case": case, "beams": beams, "batch": batch,
             "bertgen_ms_per_step": best["bertgen"]["ms_per_step"],
@@ -310,10 +320,16 @@ def _rss(r: dict | None) -> str:
     return f"{r['peak_mb']:.0f} MB ({r['peak_mb'] / r['weights_mb']:.2f}x; {above / r['weights_mb']:.2f}x)"
 
 
+def _target(meta: dict) -> str:
+    if meta.get("device", "cpu") == "cuda":
+        return f"GPU: {meta['machine']}"
+    return f"{meta['threads']} threads"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        f"Generation benchmark ({meta['when']}, {meta['threads']} threads, torch {meta['torch']}, "
-        f"transformers {meta['transformers']}, fp32 unless noted; load average at start "
+        f"Generation benchmark ({meta['when']}, {_target(meta)}, torch {meta['torch']}, "
+        f"transformers {meta['transformers']}, {meta.get('dtype', 'float32')} unless noted; load average at start "
         f"{meta['load_start']}, at end {meta['load_end']}; read bandwidth {meta['bandwidth_gbs']:.1f} GB/s). "
         f"64 input tokens, 32 new tokens.",
         "",
@@ -338,15 +354,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
             lines.append(f"| {r['size']} | {r['case']} | {r['bf16_ms_per_step']:.1f} "
                          f"| {r['bf16_speedup_vs_transformers_fp32']:.2f}x | {r['int8_ms_per_step']:.1f} "
                          f"| {r['int8_speedup_vs_transformers_fp32']:.2f}x |")
-    lines += ["", "KV caches in bf16 (`cache_dtype=\"bfloat16\"`; fp32 weights and math): time against fp32 "
+    dtype = meta.get("dtype", "float32")
+    lines += ["", f"KV caches in bf16 (`cache_dtype=\"bfloat16\"`; {dtype} weights and math): time against {dtype} "
                   "caches in the same run, peak RSS.", "",
               "| size | case | time | peak RSS (x weights; x without Python) |", "|---|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['size']} | {r['case']} | {r['bf16_cache_cost_pct']:+.1f}% "
                      f"| {_rss(r.get('rss_bertgen_bf16cache'))} |")
-    lines += ["", "bertgen: the model as `bertgen.pipeline` prepares it on CPU (`prepare_model`: query/key/value "
-                  "stacked into one matrix, linear layers packed in oneDNN's blocked layout); unprepared: the same "
-                  "weights as loaded (separate query/key/value, plain layout).",
+    lines += ["", "bertgen: the model as `bertgen.pipeline` prepares it (`prepare_model`: query/key/value "
+                  "stacked into one matrix; on CPU, linear layers packed in oneDNN's blocked layout); unprepared: the "
+                  "same weights as loaded (separate query/key/value, plain layout).",
               "", "Peak RSS is the whole process (Python + torch + weights + caches) during generation, "
                   "measured in a fresh subprocess per case; the second ratio leaves out the process's RSS "
                   "before the weights were allocated (interpreter, torch and its meta-device machinery: ~300 MB). Weights: bytes of the unique "
@@ -363,9 +380,17 @@ def main(argv=None) -> int:
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-lowp", action="store_true", help="skip the bf16 and int8 measurements")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: both frameworks on the GPU (no peak RSS, no CPU precision table)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="weights and activations of both frameworks (default float32)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--rss-child", nargs=3, metavar=("SIZE", "CASE", "FRAMEWORK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch sees no CUDA device")
+    dtype = getattr(torch, args.dtype)
+    default_target = args.device == "cpu" and dtype == torch.float32
     torch.set_num_threads(args.threads)
     if args.rss_child:
         print(json.dumps(rss_child(*args.rss_child)))
@@ -381,13 +406,18 @@ def main(argv=None) -> int:
     log = lambda msg: print(f"[{time.perf_counter() - started:6.0f} s] {msg}", flush=True)  # noqa: E731
     meta = {"when": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads, "torch": torch.__version__,
             "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
-            "load_start": round(os.getloadavg()[0], 2), "repeats": repeats}
-    meta["bandwidth_gbs"] = read_bandwidth_gbs(256 if args.quick else 1024)
+            "load_start": round(os.getloadavg()[0], 2), "repeats": repeats, "device": args.device,
+            "dtype": args.dtype}
+    if args.device == "cuda":
+        meta["machine"] = torch.cuda.get_device_name()
+    meta["bandwidth_gbs"] = read_bandwidth_gbs(256 if args.quick else 1024, device=args.device)
     log(f"read bandwidth {meta['bandwidth_gbs']:.1f} GB/s, load average {meta['load_start']}")
     rows = []
     for size in sizes:
-        rows += bench_size(size, cases, min(repeats, 2) if size == "large" else repeats, meta["bandwidth_gbs"], do_rss=not (args.quick or args.no_rss),
-                           do_lowp=not (args.quick or args.no_lowp), log=log)
+        rows += bench_size(size, cases, min(repeats, 2) if size == "large" else repeats, meta["bandwidth_gbs"],
+                           do_rss=default_target and not (args.quick or args.no_rss),
+                           do_lowp=default_target and not (args.quick or args.no_lowp), log=log,
+                           device=args.device, dtype=dtype)
         gc.collect()
     meta["load_end"] = round(os.getloadavg()[0], 2)
     meta["seconds"] = round(time.perf_counter() - started, 1)
@@ -396,7 +426,8 @@ def main(argv=None) -> int:
     (out / "bench_generation.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     table = markdown(rows, meta)
     (out / "bench_generation.md").write_text(table)
-    if not args.quick and set(sizes) == set(SIZES) and set(cases) == set(CASES) and args.out == parser.get_default("out"):
+    if (default_target and not args.quick and set(sizes) == set(SIZES) and set(cases) == set(CASES)
+            and args.out == parser.get_default("out")):
         command = " ".join(["python benchmarks/bench_generation.py", *(argv if argv is not None else sys.argv[1:])])
         (ROOT / "benchmarks" / "results.md").write_text(f"# Generation benchmark results\n\n`{command}`\n\n" + table)
     print(table)

@@ -25,3 +25,21 @@ def test_generation_benchmark_quick_run_writes_its_tables(tmp_path):
     table = (tmp_path / "bench_generation.md").read_text()
     assert "| small | beam4-b1 |" in table and "unprepared" in table
     assert not (ROOT / "benchmarks" / "results.md").read_text().count("--quick")  # a quick run never replaces it
+
+
+def test_generation_benchmark_runs_in_another_dtype_and_refuses_a_missing_gpu(tmp_path):
+    """The GPU form (`--device cuda --dtype bfloat16`) shares this code path; here the device is
+    the CPU, and asking for CUDA without one is a clear error, not a traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "benchmarks/bench_generation.py", "--quick", "--cases", "greedy-b1", "--out", str(tmp_path)]
+    done = subprocess.run([*command, "--dtype", "bfloat16"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "bench_generation.json").read_text())
+    assert result["meta"]["dtype"] == "bfloat16" and result["rows"][0]["bertgen_ms_per_step"] > 0
+    assert "bfloat16 unless noted" in (tmp_path / "bench_generation.md").read_text()
+    import torch
+    if not torch.cuda.is_available():
+        done = subprocess.run([*command, "--device", "cuda"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2 and "sees no CUDA device" in done.stderr and "Traceback" not in done.stderr
