@@ -165,7 +165,10 @@ class PackedLinear(nn.Module):
         rows = flat.shape[0]
         if rows < MIN_PACKED_ROWS:
             flat = torch.cat([flat, _zero_rows(MIN_PACKED_ROWS - rows, self.in_features, flat.dtype)])
-        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, *_POST_OPS.get(activation, ("none", [], "")))
+        post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
+        if post_op is None:  # silently skipping it would return wrong values
+            raise ValueError(f"PackedLinear fuses {', '.join(_POST_OPS)}, not {activation!r}")
+        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, *post_op)
         if rows < MIN_PACKED_ROWS:
             out = out[:rows]
         return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)

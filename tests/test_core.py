@@ -418,6 +418,8 @@ def test_packed_linear_equals_linear(rows):
         for act in ACTIVATIONS:  # fused into the packed call where oneDNN has it, else applied after
             torch.testing.assert_close(kernels.linear(x, PackedLinear(lin), act),
                                        kernels.ACT_FNS[act](F.linear(x, lin.weight, lin.bias)), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="not 'silu'"):  # one it cannot fuse is refused, not skipped
+            PackedLinear(lin)(x, "silu")
         if packable(lin.weight.bfloat16()):  # bf16 weights, packed where the CPU computes bf16
             packed = PackedLinear(torch.nn.Linear(48, 32).to(torch.bfloat16).requires_grad_(False))
             packed.load_state_dict(lin.state_dict())
