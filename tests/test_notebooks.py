@@ -27,6 +27,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a notebook leaves in its temp folders stays in pytest's
     book = nbformat.read(path, as_version=4)
     assert book.cells[0].cell_type == "markdown", "the first cell says what the notebook shows"
     assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code"), "stored without outputs"
