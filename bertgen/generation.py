@@ -13,7 +13,6 @@ length penalty, early stopping), so the same settings give the same tokens.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import generation_defaults
-from .kernels import linear, matmul
+from .kernels import constant_zeros, linear, matmul
 from .modeling import CrossAttentionCache, EncoderDecoderModel, LMHead, SelfAttentionCache
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -322,18 +321,13 @@ def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
     (b, h, t, d), s = q.shape, k.shape[2]
     # as 3-d batches (views of the caches): bmm, and the scale folded into it, dispatch in about
     # half the time of 4-d matmul + mul (same values)
-    scores = torch.baddbmm(_nothing(q.dtype, q.device), q.reshape(b * h, t, d),
-                           k.reshape(b * h, s, d).transpose(1, 2), beta=0, alpha=d ** -0.5).view(b, h, t, s)
+    ignored = constant_zeros((1, 1, 1), q.dtype, q.device)  # baddbmm's addend, at beta=0
+    scores = torch.baddbmm(ignored, q.reshape(b * h, t, d), k.reshape(b * h, s, d).transpose(1, 2),
+                           beta=0, alpha=d ** -0.5).view(b, h, t, s)
     if mask is not None:
         scores = scores + mask
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
     return torch.bmm(probs.view(b * h, t, s), v.reshape(b * h, s, d)).view(b, h, t, d), probs
-
-
-@functools.cache
-def _nothing(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """baddbmm's addend, ignored at beta=0 (one per dtype and device, made once)."""
-    return torch.zeros(1, 1, 1, dtype=dtype, device=device)
 
 
 def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttentionCache,

@@ -126,9 +126,10 @@ def _pack(weight: Tensor) -> Tensor:
 
 
 @functools.cache
-def _zero_rows(rows: int, width: int, dtype: torch.dtype) -> Tensor:
-    """Padding rows, made once per shape (read-only; a few KB each)."""
-    return torch.zeros(rows, width, dtype=dtype)
+def constant_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Zeros made once per shape, dtype and device, for hot paths that only read them (padding
+    rows, an addend that is ignored); a few KB each."""
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 # Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
@@ -164,7 +165,7 @@ class PackedLinear(nn.Module):
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # a decoding step's rows: as they are
         rows = flat.shape[0]
         if rows < MIN_PACKED_ROWS:
-            flat = torch.cat([flat, _zero_rows(MIN_PACKED_ROWS - rows, self.in_features, flat.dtype)])
+            flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, self.in_features), flat.dtype, flat.device)])
         post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
         if post_op is None:  # silently skipping it would return wrong values
             raise ValueError(f"PackedLinear fuses {', '.join(_POST_OPS)}, not {activation!r}")

@@ -351,8 +351,9 @@ class PreTrained(nn.Module):
         (`Projections.fuse`), in place, a shared (tied) layer once. Returns how many changed."""
         changed = 0
         for layer in [m for m in self.modules() if isinstance(m, Layer)]:
-            changed += layer.attention.self.fuse() if fuse else layer.attention.self.unfuse()
-            release_freed_memory()  # the replaced weights' memory goes back before the next layer
+            if layer.attention.self.fuse() if fuse else layer.attention.self.unfuse():
+                changed += 1
+                release_freed_memory()  # the replaced weights' memory goes back before the next layer
         return changed
 
     def num_parameters(self) -> int:
