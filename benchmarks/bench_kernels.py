@@ -2,10 +2,11 @@
 
 Not a test. For the weight shapes of the benchmark models (hidden 384/1024, FFN 4x) and the
 row counts that occur (1 = greedy step, 4 = beams, 32 = beam 4 x batch 8, 64/256 = an
-encoder pass) it reports ms per call of F.linear, of `kernels.matmul` on the plain weight,
-of `kernels.PackedLinear` (the weight in oneDNN's blocked layout, as `prepare_model` holds it
-on CPU) and of PackedLinear in bf16 where the CPU packs bf16; best of `--repeats`, all
-interleaved so they see the same machine load.
+encoder pass), and for LM heads (vocab x hidden) at a step's row counts, it reports ms per
+call of F.linear, of `kernels.matmul` on the plain weight, of `kernels.PackedLinear` (the
+weight in oneDNN's blocked layout, as `prepare_model` holds it on CPU) and of PackedLinear in
+bf16 where the CPU packs bf16; best of `--repeats`, all interleaved so they see the same
+machine load.
 
 Usage:  python benchmarks/bench_kernels.py [--threads 2] [--save]   (--save keeps benchmarks/results_kernels.md)
 """
@@ -30,6 +31,10 @@ from bertgen import kernels  # noqa: E402
 
 SHAPES = [(1024, 1024), (4096, 1024), (1024, 4096), (384, 384), (1536, 384), (384, 1536)]
 ROWS = [1, 2, 4, 32, 64, 256]
+# LM heads (vocab x hidden) at a step's row counts: the plain tied weight (`kernels.matmul`)
+# against a packed copy, which `prepare_model` keeps for heads at most 512 wide
+HEAD_SHAPES = [(30522, 384), (50358, 512), (30522, 768), (50358, 1024)]
+HEAD_ROWS = [1, 4, 32]
 
 
 def best_ms(fn, repeats: int) -> float:
@@ -51,14 +56,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rows_out = []
     with torch.inference_mode():
-        for out_f, in_f in SHAPES:
+        shapes = [(shape, ROWS) for shape in SHAPES] + [(shape, HEAD_ROWS) for shape in HEAD_SHAPES]
+        for (out_f, in_f), row_counts in shapes:
             # several weights per call so they are read from memory, as in a model, not from cache
-            count = max(8, (64 << 20) // (4 * out_f * in_f))  # 64 MB: more than any CPU cache
+            count = max(2, (64 << 20) // (4 * out_f * in_f))  # 64 MB or more: more than any CPU cache
             layers = [torch.nn.Linear(in_f, out_f) for _ in range(count)]
             packed = [kernels.PackedLinear(layer) for layer in layers]
             packed_bf16 = ([kernels.PackedLinear(copy.deepcopy(layer).to(torch.bfloat16)) for layer in layers]
                            if kernels.packable(layers[0].weight.bfloat16()) else None)
-            for rows in ROWS:
+            for rows in row_counts:
                 x = torch.randn(rows, in_f)
                 ms = {
                     "F.linear": best_ms(lambda: [F.linear(x, m.weight, m.bias) for m in layers], args.repeats),
@@ -75,7 +81,8 @@ def main() -> int:
     bf16 = "packed bf16" in rows_out[0]
     lines = [f"Kernel benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.threads} threads, torch "
              f"{torch.__version__}, best of {args.repeats}; load average at end {os.getloadavg()[0]:.2f}). "
-             "ms per call; weights cycled through 64 MB so they come from memory.", "",
+             "ms per call; weights cycled through 64 MB or more so they come from memory. "
+             "The last rows are LM-head shapes.", "",
              f"| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | packed vs F.linear | "
              f"packed vs matmul |{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}",
              f"|---|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"]

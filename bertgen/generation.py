@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import generation_defaults
-from .kernels import constant_zeros, linear, matmul
-from .modeling import CrossAttentionCache, EncoderDecoderModel, LMHead, SelfAttentionCache
+from .kernels import constant_zeros, linear
+from .modeling import CrossAttentionCache, EncoderDecoderModel, SelfAttentionCache
 
 DEFAULT_MAX_NEW_TOKENS = 64
 UNSET = "none"  # a setting's value that switches a checkpoint's default off (None: "not given")
@@ -363,8 +363,7 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
         hidden = linear(x, layer.intermediate.dense, layer.intermediate.hidden_act)
         x = layer.output.LayerNorm(linear(hidden, layer.output.dense) + x)
     cache.advance(1)
-    head = model.decoder.lm_head
-    logits = matmul(x, head.decoder.weight, head.bias) if isinstance(head, LMHead) else head(x)
+    logits = model.decoder.lm_head(x)
     return logits, self_probs, cross_probs
 
 

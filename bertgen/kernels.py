@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -137,6 +138,25 @@ def constant_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.dev
 MIN_PACKED_ROWS = 4
 
 
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+    """x [..., in] @ weight.T + bias for a weight packed by `_pack`, then `activation` (a key of
+    `_POST_OPS`) fused into the call; fewer than MIN_PACKED_ROWS rows are padded."""
+    if x.dtype != packed.dtype:  # oneDNN would fail with an unhelpful message
+        raise TypeError(f"packed {packed.dtype} weights, input is {x.dtype}")
+    out_features, in_features = packed.shape
+    flat = x if x.dim() == 2 else x.reshape(-1, in_features)  # a decoding step's rows: as they are
+    rows = flat.shape[0]
+    if rows < MIN_PACKED_ROWS:
+        flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, in_features), flat.dtype, flat.device)])
+    post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
+    if post_op is None:  # silently skipping it would return wrong values
+        raise ValueError(f"packed layers fuse {', '.join(_POST_OPS)}, not {activation!r}")
+    out = _ONEDNN_LINEAR(flat.contiguous(), packed, bias, *post_op)
+    if rows < MIN_PACKED_ROWS:
+        out = out[:rows]
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
+
+
 class PackedLinear(nn.Module):
     """An nn.Linear for CPU inference whose weight is stored once, in oneDNN's blocked layout.
 
@@ -156,23 +176,11 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
         """x @ weight.T + bias, then `activation` (a key of `_POST_OPS`) fused into the call."""
-        if x.dtype != self.packed.dtype:  # oneDNN would fail with an unhelpful message
-            raise TypeError(f"PackedLinear holds {self.packed.dtype} weights, input is {x.dtype}")
         if x.requires_grad and torch.is_grad_enabled():  # the op has no backward: gradients would be wrong
             raise RuntimeError("this model's linear layers are packed for inference (prepare_model / pipeline): "
                                "run it under torch.no_grad() or torch.inference_mode(), or "
                                "bertgen.kernels.unpack_linears(model) to train it")
-        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # a decoding step's rows: as they are
-        rows = flat.shape[0]
-        if rows < MIN_PACKED_ROWS:
-            flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, self.in_features), flat.dtype, flat.device)])
-        post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
-        if post_op is None:  # silently skipping it would return wrong values
-            raise ValueError(f"PackedLinear fuses {', '.join(_POST_OPS)}, not {activation!r}")
-        out = _ONEDNN_LINEAR(flat.contiguous(), self.packed, self.bias, *post_op)
-        if rows < MIN_PACKED_ROWS:
-            out = out[:rows]
-        return out if x.dim() == 2 else out.view(*x.shape[:-1], self.out_features)
+        return packed_linear(x, self.packed, self.bias, activation)
 
     def unpacked(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
@@ -215,6 +223,50 @@ class PackedLinear(nn.Module):
                f"bias={self.bias is not None}, dtype={self.packed.dtype}"
 
 
+# A weight that must also stay plain (an LM head tied to the embedding lookup) can get a packed
+# copy beside it: its size again in memory, for speed. `prepare_model` takes that trade for
+# heads at most this wide, where the copy is smallest and one row (greedy decoding) gains most:
+# plain against packed, ms per call (benchmarks/results_kernels.md): 30522x384 2.04 / 1.32,
+# 50358x512 3.68 / 2.98; wider heads gain little at one row (30522x768 3.00 / 2.72, 50358x1024
+# 6.13 / 6.56) for 94-206 MB. (At 4-32 rows, beams, a copy is 1.24-1.53x faster at every width.)
+PACKED_COPY_MAX_WIDTH = 512
+
+
+def worth_packed_copy(weight: Tensor) -> bool:
+    return packable(weight) and weight.dim() == 2 and weight.shape[1] <= PACKED_COPY_MAX_WIDTH
+
+
+class PackedCopy:
+    """A packed copy of a weight that is also used plain. It follows the weight: packed again
+    when the weight is replaced, re-allocated or changed in place (a load, an optimizer step),
+    so it never answers with stale values. Not a parameter: not saved, not copied (a deep copy
+    or a pickle of its owner drops it, and the owner computes from the plain weight)."""
+
+    def __init__(self, weight: Tensor):
+        self.packed, self._stamp = None, None
+        self.of(weight)
+
+    def of(self, weight: Tensor) -> Tensor | None:
+        """The packed copy of `weight` as it is now; None when it can no longer be packed."""
+        stamp = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+        if self._stamp is None or self._source() is not weight or self._stamp != stamp:
+            self.packed = _pack(weight) if packable(weight) else None
+            self._source, self._stamp = weakref.ref(weight), stamp
+        return self.packed
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def __reduce__(self):
+        return type(None), ()
+
+
+def packed_copies(model: nn.Module) -> list[Tensor]:
+    """The packed copies (`PackedCopy`) held by `model`'s modules, for memory counts."""
+    copies = [getattr(m, "packed_copy", None) for m in model.modules()]
+    return [c.packed for c in copies if isinstance(c, PackedCopy) and c.packed is not None]
+
+
 def packed_weights(model: nn.Module) -> list[Tensor]:
     """The packed (opaque) weight tensors of `model`, each once: they are not parameters, so
     counts of parameters or bytes add them."""
@@ -231,7 +283,11 @@ def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:
 
 
 def unpack_linears(model: nn.Module) -> int:
-    """Undoes `pack_linears`: plain nn.Linear layers again (trainable, movable)."""
+    """Undoes `pack_linears`: plain nn.Linear layers again (trainable, movable); packed copies
+    (`PackedCopy`) are dropped too."""
+    for module in model.modules():
+        if isinstance(getattr(module, "packed_copy", None), PackedCopy):
+            module.packed_copy = None
     return _replace_modules(model, lambda m: isinstance(m, PackedLinear), PackedLinear.unpacked)
 
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BertGenerationConfig, EncoderDecoderConfig
-from .kernels import linear, matmul, packed_weights, release_freed_memory, split_linear, stack_linears
+from .kernels import (PackedCopy, linear, matmul, packed_linear, packed_weights, release_freed_memory, split_linear,
+                      stack_linears)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -411,15 +412,29 @@ class BertGenerationEncoder(PreTrained):
 
 
 class LMHead(nn.Module):
-    """`lm_head`: a Linear tied to the word embeddings, plus a separate bias (no transform)."""
+    """`lm_head`: a Linear tied to the word embeddings, plus a separate bias (no transform).
+
+    For inference it can hold a packed copy of its weight (`pack_copy`; `prepare_model` does for
+    narrow heads): the tied weight stays plain for the embedding lookup."""
 
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self.packed_copy: PackedCopy | None = None
+
+    def pack_copy(self, enable: bool = True) -> None:
+        """Keeps (or drops) a packed copy of the weight (`kernels.PackedCopy`), used when no
+        gradient is recorded; it costs the weight's size again."""
+        self.packed_copy = PackedCopy(self.decoder.weight) if enable else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return matmul(x, self.decoder.weight, self.bias)
+        weight = self.decoder.weight
+        if self.packed_copy is not None and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+            packed = self.packed_copy.of(weight)
+            if packed is not None and packed.dtype == x.dtype:
+                return packed_linear(x, packed, self.bias)
+        return matmul(x, weight, self.bias)
 
 
 class BertGenerationDecoder(PreTrained):

@@ -426,7 +426,7 @@ def test_packed_linear_equals_linear(rows):
             out = packed(x.bfloat16())
             assert out.dtype == torch.bfloat16
             torch.testing.assert_close(out.float(), F.linear(x, lin.weight, lin.bias), rtol=0.02, atol=0.1)
-            with pytest.raises(TypeError, match="bfloat16 weights, input is torch.float32"):
+            with pytest.raises(TypeError, match="packed torch.bfloat16 weights, input is torch.float32"):
                 packed(x)
 
 
@@ -467,6 +467,47 @@ def test_packed_linears_save_load_and_refuse_to_move():
     model.to(torch.float64)  # an ordinary module again
     model(x.double()).sum().backward()
     assert model[0].weight.grad is not None
+
+
+@requires_onednn
+def test_lm_head_packed_copy_follows_its_weight():
+    import copy
+    import pickle
+
+    from bertgen.modeling import LMHead
+    config = BertGenerationConfig(**{**TINY, "vocab_size": 300, "hidden_size": 32})
+    head = LMHead(config)
+    with torch.no_grad():
+        head.decoder.weight.normal_()
+        head.bias.normal_()
+    x = torch.randn(3, 32)
+    plain = F.linear(x, head.decoder.weight, head.bias).detach()
+    assert not kernels.worth_packed_copy(torch.ones(300, 1024)) and kernels.worth_packed_copy(head.decoder.weight)
+    head.pack_copy()
+    first = head.packed_copy.packed
+    with torch.inference_mode():
+        torch.testing.assert_close(head(x), plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head(x[0]), plain[0], rtol=1e-5, atol=1e-5)  # one row, padded
+    assert head.packed_copy.packed is first  # unchanged weight: not packed again
+    assert list(head.state_dict()) == ["bias", "decoder.weight"]  # not a parameter, not saved
+    assert len(kernels.packed_copies(torch.nn.Sequential(head))) == 1
+    # changed in place (a load, an optimizer step): the copy follows, never stale
+    head.load_state_dict({"bias": head.bias * 0, "decoder.weight": head.decoder.weight * 2})
+    with torch.no_grad():
+        torch.testing.assert_close(head(x), F.linear(x, head.decoder.weight * 1, None), rtol=1e-5, atol=1e-4)
+        assert head.packed_copy.packed is not first  # packed again, and used
+        head.decoder.weight = torch.nn.Parameter(torch.ones(300, 32))  # replaced (re-tied elsewhere)
+        torch.testing.assert_close(head(x), x.sum(1, keepdim=True).expand(3, 300), rtol=1e-5, atol=1e-4)
+    # training computes from the plain weight (the packed op has no backward)
+    head(x).sum().backward()
+    assert head.decoder.weight.grad is not None
+    # a deep copy or a pickle drops the copy; the result still computes the same
+    for twin in (copy.deepcopy(head), pickle.loads(pickle.dumps(head))):
+        assert twin.packed_copy is None
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), head(x))
+    kernels.unpack_linears(torch.nn.Sequential(head))
+    assert head.packed_copy is None
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -485,7 +485,7 @@ def test_half_precision_cache(untied, kw, monkeypatch):
 
 
 def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
-    from bertgen.kernels import PackedLinear, packable
+    from bertgen.kernels import PackedLinear, packable, packed_copies
     hf, bg, eos, folder = pair
     model = prepare_model(bertgen.load(folder), device="cpu")
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
@@ -497,6 +497,8 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     assert model.num_parameters() == bg.num_parameters()  # the Models tab shows this
     head = model.decoder.lm_head.decoder
     assert type(head) is torch.nn.Linear and head.weight is model.decoder.bert.embeddings.word_embeddings.weight
+    # the tied weight stays plain for the lookup; a narrow head also gets a packed copy
+    assert (model.decoder.lm_head.packed_copy is not None) == packable(torch.ones(1))
     if bg.config.tie_encoder_decoder:
         assert model.decoder.bert.encoder.layer[1].attention is model.encoder.encoder.layer[1].attention
     ids, mask = ragged_batch()
@@ -509,15 +511,16 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     bertgen.save(model, tmp_path / "saved")  # a packed model saves plain weights
     reloaded = bertgen.load(tmp_path / "saved").state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in bg.state_dict().items())
-    assert not any(isinstance(m, PackedLinear) for m in prepare_model(bertgen.load(folder), device="cpu",
-                                                                     pack=False).modules())
+    unpacked = prepare_model(bertgen.load(folder), device="cpu", pack=False)
+    assert not any(isinstance(m, PackedLinear) for m in unpacked.modules())
+    assert unpacked.decoder.lm_head.packed_copy is None
     # preparing a prepared model again (a second pipeline over the same object) works
     again = pipeline(model=model)
     assert again.model is model and len([m for m in model.modules() if isinstance(m, PackedLinear)]) == len(packed)
     with torch.inference_mode():
         assert torch.equal(generate(model, ids, mask, settings).sequences, ref.sequences)
     prepare_model(model, quantize="int8")  # and so does quantizing it
-    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert not any(isinstance(m, PackedLinear) for m in model.modules()) and not packed_copies(model)
 
 
 def test_int8_quantization_keeps_tied_embeddings(untied):

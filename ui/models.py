@@ -24,7 +24,7 @@ import torch
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
-from bertgen.kernels import packed_weights
+from bertgen.kernels import packed_copies, packed_weights
 from bertgen.pipeline import pipeline, precision_args
 
 from .settings import Settings
@@ -164,7 +164,7 @@ def model_bytes(model: torch.nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     # oneDNN-packed weights (CPU) are opaque tensors without a data_ptr, listed once each
-    return total + sum(w.numel() * w.element_size() for w in packed_weights(model))
+    return total + sum(w.numel() * w.element_size() for w in packed_weights(model) + packed_copies(model))
 
 
 def estimate_bytes(ckpt: Checkpoint, dtype: str) -> int:
