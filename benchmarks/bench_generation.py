@@ -10,7 +10,9 @@ suppressed with min_new_tokens) it measures:
 - end-to-end new tokens per second (batch x 32 / time for 32 tokens, encoder included);
 - the cost of recording cross-attention (bertgen, `output_cross_attentions=True`);
 - the memory-bandwidth floor: bytes the decoder must read per step (weights, LM head, KV caches)
-  divided by the read bandwidth measured with a large tensor sum;
+  divided by the read bandwidth of a large tensor sum, the best of reads just before and just
+  after the case (this shared host's bandwidth moves between 25 and 50 GB/s within an hour, so
+  one read at the start set the floor of cases run minutes later);
 - peak RSS during generation, each case in a fresh subprocess (peak reset after the model is
   built, via /proc/self/clear_refs), next to the bytes of the weights;
 - bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
@@ -32,6 +34,7 @@ Writes benchmarks/results/bench_generation.{json,md}; a full run also writes ben
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -248,8 +251,9 @@ def peak_rss(size: str, case: str, framework: str) -> dict | None:
 # ----------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------
-def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_rss: bool, do_lowp: bool,
+def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss: bool, do_lowp: bool,
                log, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
+    """read_bandwidth(): GB/s now; read around each case for its floor."""
     config, _ = configs(size)
     began = time.perf_counter()
     model = build_bertgen(size)
@@ -263,6 +267,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
     for case in cases:
         beams, batch = CASES[case]
         ids = inputs(batch, config.decoder.vocab_size, device)
+        bandwidth = read_bandwidth()
         best = measure({
             "bertgen": lambda n: run_bertgen(model, ids, beams, n),
             "transformers": lambda n: run_transformers(reference, ids, beams, n),
@@ -270,6 +275,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             "bertgen+attention": lambda n: run_bertgen(model, ids, beams, n, attentions=True),
             "bertgen+bf16 cache": lambda n: run_bertgen(model, ids, beams, n, cache_dtype="bfloat16"),
         }, repeats)
+        bandwidth = max(bandwidth, read_bandwidth())
         floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch, dtype.itemsize) / (bandwidth * 1e9)
         row = {
             "size": size, "case": case, "beams": beams, "batch": batch,
@@ -281,6 +287,7 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             "transformers_tokens_per_s": batch * NEW_TOKENS / best["transformers"]["tn"],
             "attention_cost_pct": 100 * (best["bertgen+attention"]["tn"] / best["bertgen"]["tn"] - 1),
             "bf16_cache_cost_pct": 100 * (best["bertgen+bf16 cache"]["tn"] / best["bertgen"]["tn"] - 1),
+            "bandwidth_gbs": bandwidth,
             "floor_ms_per_step": floor_ms,
             "over_floor": best["bertgen"]["ms_per_step"] / floor_ms,
         }
@@ -290,7 +297,8 @@ def bench_size(size: str, cases: list[str], repeats: int, bandwidth: float, do_r
             row["rss_bertgen_bf16cache"] = peak_rss(size, case, "bertgen-bf16cache")
         rows.append(row)
         log(f"{size} {case}: bertgen {row['bertgen_ms_per_step']:.1f} ms/step, transformers "
-            f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms, "
+            f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms "
+            f"({bandwidth:.0f} GB/s), "
             f"attention +{row['attention_cost_pct']:.1f}%")
     if do_lowp:  # other precisions, against transformers fp32 (tokens may differ from fp32)
         del reference, unprepared, model
@@ -330,12 +338,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"Generation benchmark ({meta['when']}, {_target(meta)}, torch {meta['torch']}, "
         f"transformers {meta['transformers']}, {meta.get('dtype', 'float32')} unless noted; load average at start "
-        f"{meta['load_start']}, at end {meta['load_end']}; read bandwidth {meta['bandwidth_gbs']:.1f} GB/s). "
+        f"{meta['load_start']}, at end {meta['load_end']}; read bandwidth at start {meta['bandwidth_gbs']:.1f} GB/s). "
         f"64 input tokens, 32 new tokens.",
         "",
         "| size | case | bertgen ms/step | transformers ms/step | speed-up | bertgen unprepared ms/step "
         "| bertgen tok/s | transformers tok/s "
-        "| floor ms/step | bertgen / floor | attention capture | peak RSS bertgen (x weights; x without Python) "
+        "| floor ms/step (read GB/s) | bertgen / floor | attention capture "
+        "| peak RSS bertgen (x weights; x without Python) "
         "| peak RSS transformers (same, x its weights) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -344,7 +353,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['size']} | {r['case']} | {r['bertgen_ms_per_step']:.1f} | {r['transformers_ms_per_step']:.1f} "
             f"| {r['speedup']:.2f}x | {r['unprepared_ms_per_step']:.1f} "
             f"| {r['bertgen_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} "
-            f"| {r['floor_ms_per_step']:.1f} | {r['over_floor']:.2f} | {r['attention_cost_pct']:+.1f}% "
+            f"| {r['floor_ms_per_step']:.1f} ({r['bandwidth_gbs']:.0f}) | {r['over_floor']:.2f} "
+            f"| {r['attention_cost_pct']:+.1f}% "
             f"| {_rss(r.get('rss_bertgen'))} | {_rss(r.get('rss_transformers'))} |")
     lowp = [r for r in rows if "int8_ms_per_step" in r]
     if lowp:
@@ -410,11 +420,12 @@ def main(argv=None) -> int:
             "dtype": args.dtype}
     if args.device == "cuda":
         meta["machine"] = torch.cuda.get_device_name()
-    meta["bandwidth_gbs"] = read_bandwidth_gbs(256 if args.quick else 1024, device=args.device)
+    read_bandwidth = functools.partial(read_bandwidth_gbs, 256 if args.quick else 1024, device=args.device)
+    meta["bandwidth_gbs"] = read_bandwidth()
     log(f"read bandwidth {meta['bandwidth_gbs']:.1f} GB/s, load average {meta['load_start']}")
     rows = []
     for size in sizes:
-        rows += bench_size(size, cases, min(repeats, 2) if size == "large" else repeats, meta["bandwidth_gbs"],
+        rows += bench_size(size, cases, min(repeats, 3) if size == "large" else repeats, read_bandwidth,
                            do_rss=default_target and not (args.quick or args.no_rss),
                            do_lowp=default_target and not (args.quick or args.no_lowp), log=log,
                            device=args.device, dtype=dtype)

@@ -23,6 +23,8 @@ def test_generation_benchmark_quick_run_writes_its_tables(tmp_path):
         for key in ("bertgen_ms_per_step", "transformers_ms_per_step", "unprepared_ms_per_step", "floor_ms_per_step"):
             assert row[key] > 0, key
     table = (tmp_path / "bench_generation.md").read_text()
+    for row in result["rows"]:  # each case's floor from the bandwidth read around it, shown beside it
+        assert f"| {row['floor_ms_per_step']:.1f} ({row['bandwidth_gbs']:.0f}) |" in table
     assert "| small | beam4-b1 |" in table and "unprepared" in table
     assert not (ROOT / "benchmarks" / "results.md").read_text().count("--quick")  # a quick run never replaces it
 
