@@ -261,10 +261,13 @@ class PackedCopy:
         return type(None), ()
 
 
+def _holding_packed_copy(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(getattr(m, "packed_copy", None), PackedCopy)]
+
+
 def packed_copies(model: nn.Module) -> list[Tensor]:
     """The packed copies (`PackedCopy`) held by `model`'s modules, for memory counts."""
-    copies = [getattr(m, "packed_copy", None) for m in model.modules()]
-    return [c.packed for c in copies if isinstance(c, PackedCopy) and c.packed is not None]
+    return [m.packed_copy.packed for m in _holding_packed_copy(model) if m.packed_copy.packed is not None]
 
 
 def packed_weights(model: nn.Module) -> list[Tensor]:
@@ -285,9 +288,8 @@ def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:
 def unpack_linears(model: nn.Module) -> int:
     """Undoes `pack_linears`: plain nn.Linear layers again (trainable, movable); packed copies
     (`PackedCopy`) are dropped too."""
-    for module in model.modules():
-        if isinstance(getattr(module, "packed_copy", None), PackedCopy):
-            module.packed_copy = None
+    for module in _holding_packed_copy(model):
+        module.packed_copy = None
     return _replace_modules(model, lambda m: isinstance(m, PackedLinear), PackedLinear.unpacked)
 
 

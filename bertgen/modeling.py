@@ -430,7 +430,8 @@ class LMHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.decoder.weight
-        if self.packed_copy is not None and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        records_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if self.packed_copy is not None and not records_grad:  # the packed op has no backward
             packed = self.packed_copy.of(weight)
             if packed is not None and packed.dtype == x.dtype:
                 return packed_linear(x, packed, self.bias)
