@@ -333,6 +333,7 @@ def pipeline(task: str = "text2text-generation", model: str | os.PathLike | Enco
         raise ValueError(f"unsupported task {task!r}; bertgen pipelines do: {', '.join(TASKS)}")
     if model is None:
         raise ValueError("pass model=: a checkpoint folder, a hub id (owner/name) or an EncoderDecoderModel")
+    kernels.map_large_allocations()  # before the weights are allocated: see its docstring
     if isinstance(model, (str, os.PathLike)):
         model = checkpoints.load(model, revision=revision)
     if not isinstance(model, EncoderDecoderModel):

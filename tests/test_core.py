@@ -510,6 +510,41 @@ def test_lm_head_packed_copy_follows_its_weight():
     assert head.packed_copy is None
 
 
+_MAPPED_AFTER = """
+import ctypes, sys, torch
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
+freed = torch.empty(24 << 18); del freed  # glibc raises its mapping threshold to 24 MB
+if sys.argv[1] == "kernels":
+    from bertgen import kernels; print(kernels.map_large_allocations())
+elif sys.argv[1] == "pipeline":
+    import bertgen; bertgen.pipeline(model=sys.argv[2], device="cpu")
+before = libc.mallinfo2().hblks
+block = torch.empty(8 << 18)  # 8 MB
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(kernels._GLIBC is None or not hasattr(kernels._GLIBC, "mallinfo2"), reason="glibc's malloc only")
+def test_large_allocations_are_mapped_after_a_pipeline_is_made(tmp_path, tiny_spm_checkpoint):
+    """Process-wide, so each case runs in a fresh interpreter: without the setting an 8 MB block
+    comes from the heap (glibc's threshold rose to 24 MB); after it, or after `pipeline()`, it
+    gets its own mapping (what keeps a decoding step's temporaries out of the heap's holes)."""
+    import subprocess
+    import sys
+
+    def mapped(*args: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", _MAPPED_AFTER, *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert mapped("none") == ["0"]
+    assert mapped("kernels") == ["True", "1"]
+    assert mapped("pipeline", str(tiny_spm_checkpoint)) == ["1"]
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_fused_query_key_value_keep_outputs_and_hf_names(tmp_path, hf_tied, hf_untied, tied):
     folder = (hf_tied if tied else hf_untied)[1]
