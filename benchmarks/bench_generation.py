@@ -302,7 +302,7 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
         log(f"{size} {case}: bertgen {row['bertgen_ms_per_step']:.1f} ms/step, transformers "
             f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms "
             f"({bandwidth:.0f} GB/s), "
-            f"attention +{row['attention_cost_pct']:.1f}%")
+            f"attention {row['attention_cost_pct']:+.1f}%")
     if do_lowp:  # other precisions, against transformers fp32 (tokens may differ from fp32)
         del reference, unprepared, model
         gc.collect()
