@@ -39,6 +39,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -171,17 +172,27 @@ def timed(fn) -> float:
 
 
 def measure(runners: dict, repeats: int) -> dict:
-    """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved."""
-    best = {name: {"t1": float("inf"), "tn": float("inf")} for name in runners}
+    """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved; each
+    runner's NEW_TOKENS times in repeat order ("tns") for `paired_cost_pct`."""
+    best = {name: {"t1": float("inf"), "tn": float("inf"), "tns": []} for name in runners}
     for name, fn in runners.items():
         fn(2)  # warm-up
     for _ in range(repeats):
         for name, fn in runners.items():
             best[name]["t1"] = min(best[name]["t1"], timed(lambda: fn(1)))
-            best[name]["tn"] = min(best[name]["tn"], timed(lambda: fn(NEW_TOKENS)))
+            best[name]["tns"].append(timed(lambda: fn(NEW_TOKENS)))
+            best[name]["tn"] = min(best[name]["tn"], best[name]["tns"][-1])
     for b in best.values():
         b["ms_per_step"] = 1e3 * max(b["tn"] - b["t1"], 1e-9) / (NEW_TOKENS - 1)
     return best
+
+
+def paired_cost_pct(variant: dict, base: dict) -> float:
+    """Extra time of `variant` over `base` (entries of `measure`): the median over repeats of
+    the ratio of their runs in the same repeat, made close together. A ratio of the two bests compares moments seconds apart,
+    and this host's memory speed changes within seconds (up to +15% read off an A/B that
+    measures +1%)."""
+    return 100 * (statistics.median(v / b for v, b in zip(variant["tns"], base["tns"])) - 1)
 
 
 def read_bandwidth_gbs(mbytes: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
@@ -273,10 +284,11 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
         bandwidth = read_bandwidth()
         best = measure({
             "bertgen": lambda n: run_bertgen(model, ids, beams, n),
-            "transformers": lambda n: run_transformers(reference, ids, beams, n),
-            "bertgen unprepared": lambda n: run_bertgen(unprepared, ids, beams, n),
+            # the variants right after bertgen: `paired_cost_pct` compares runs made close together
             "bertgen+attention": lambda n: run_bertgen(model, ids, beams, n, attentions=True),
             "bertgen+bf16 cache": lambda n: run_bertgen(model, ids, beams, n, cache_dtype="bfloat16"),
+            "transformers": lambda n: run_transformers(reference, ids, beams, n),
+            "bertgen unprepared": lambda n: run_bertgen(unprepared, ids, beams, n),
         }, repeats)
         bandwidth = max(bandwidth, read_bandwidth())
         floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch, dtype.itemsize) / (bandwidth * 1e9)
@@ -288,8 +300,8 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
             "unprepared_ms_per_step": best["bertgen unprepared"]["ms_per_step"],
             "bertgen_tokens_per_s": batch * NEW_TOKENS / best["bertgen"]["tn"],
             "transformers_tokens_per_s": batch * NEW_TOKENS / best["transformers"]["tn"],
-            "attention_cost_pct": 100 * (best["bertgen+attention"]["tn"] / best["bertgen"]["tn"] - 1),
-            "bf16_cache_cost_pct": 100 * (best["bertgen+bf16 cache"]["tn"] / best["bertgen"]["tn"] - 1),
+            "attention_cost_pct": paired_cost_pct(best["bertgen+attention"], best["bertgen"]),
+            "bf16_cache_cost_pct": paired_cost_pct(best["bertgen+bf16 cache"], best["bertgen"]),
             "bandwidth_gbs": bandwidth,
             "floor_ms_per_step": floor_ms,
             "over_floor": best["bertgen"]["ms_per_step"] / floor_ms,
