@@ -83,6 +83,9 @@ def add_generate(subparsers) -> None:
     p.add_argument("--quantize", choices=["int8", "4bit"], help="int8 (CPU) or 4bit (CUDA, bitsandbytes)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs decoded together (default 16)")
     p.add_argument("--json", action="store_true", help="one JSON object per input: text, score, seconds ...")
+    p.add_argument("--as-is", action="store_true",
+                   help="pass inputs and outputs unchanged (default: a known checkpoint's input conventions, "
+                        "as in the app: the bundled models get WikiSplit-style spacing in and plain text out)")
     p.add_argument("--add-special-tokens", type=_bool, default=None,
                    help="wrap inputs in the tokenizer's special tokens (default: the checkpoint's convention)")
     p.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam")
@@ -94,28 +97,34 @@ def add_generate(subparsers) -> None:
 
 def run_generate(args) -> int:
     from .pipeline import pipeline
+    from .tasks import checkpoint_info, plain_output, prepare_input
 
     settings = {name: getattr(args, name) for name, _, _ in SETTING_FLAGS}
     settings.update(do_sample=args.do_sample, early_stopping=args.early_stopping)
+    info = None if args.as_is else checkpoint_info(args.model)  # what the app and the evaluation apply
+    add_special_tokens = args.add_special_tokens
+    if add_special_tokens is None and info is not None and info.add_special_tokens:
+        add_special_tokens = True
     pipe = pipeline("text2text-generation", model=args.model, device=args.device, dtype=args.dtype,
                     quantize=args.quantize, batch_size=args.batch_size,
-                    add_special_tokens=args.add_special_tokens)
+                    add_special_tokens=add_special_tokens)
     # bad settings fail before any input is read
     chosen = pipe.settings(**settings)
     texts = [args.text] if args.text is not None else read_lines(sys.stdin)
     chunk = args.batch_size * 8  # outputs appear chunk by chunk, not only at the end
     for start in range(0, len(texts), chunk):
         part = texts[start:start + chunk]
-        for text, result in zip(part, pipe.run(part, settings=chosen)):
+        for text, result in zip(part, pipe.run([prepare_input(t, info) for t in part], settings=chosen)):
+            outputs = [plain_output(t, info) for t in result.texts]
             if args.json:
-                record = {"input": text, "text": result.text, "score": result.score,
+                record = {"input": text, "text": outputs[0], "score": result.score,
                           "seconds": round(result.seconds, 4), "new_tokens": result.new_tokens[0],
                           "truncated": result.truncated}
-                if len(result.texts) > 1:
-                    record.update(texts=result.texts, scores=result.scores)
+                if len(outputs) > 1:
+                    record.update(texts=outputs, scores=result.scores)
                 print(_json_line(record))
             else:
-                print("\t".join(_text_line(t) for t in result.texts))
+                print("\t".join(_text_line(t) for t in outputs))
         sys.stdout.flush()
     return 0
 

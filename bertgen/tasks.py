@@ -139,10 +139,14 @@ def all_checkpoints() -> list[CheckpointInfo]:
     return [c for t in TASKS.values() for c in t.checkpoints]
 
 
-def checkpoint_info(name: str) -> CheckpointInfo | None:
-    """The registry entry for a bundled folder name, a bundled path, or a hub id."""
+def checkpoint_info(name: str | os.PathLike) -> CheckpointInfo | None:
+    """The registry entry for a bundled folder name, a bundled path (relative or not), or a hub id."""
+    name = os.fspath(name)
     for ckpt in all_checkpoints():
         if name in (ckpt.name, ckpt.location):
+            return ckpt
+    for ckpt in all_checkpoints():
+        if ckpt.bundled and os.path.realpath(name) == os.path.realpath(ckpt.location):
             return ckpt
     return None
 
@@ -195,6 +199,11 @@ def prepare_input(text: str, ckpt: CheckpointInfo | None) -> str:
     if ckpt.pretokenize:
         text = pretokenize(text)
     return text
+
+
+def plain_output(text: str, ckpt: CheckpointInfo | None) -> str:
+    """A checkpoint's output as plain text: undoes the pretokenizing its inputs were given."""
+    return detokenize(text) if ckpt is not None and ckpt.pretokenize else text
 
 
 def split_sentences(output: str) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import bertgen
-from bertgen.tasks import BUNDLED_DIR, get_task, prepare_input, split_sentences
+from bertgen.tasks import BUNDLED_DIR, checkpoint_info, detokenize, get_task, prepare_input, split_sentences
 
 from conftest import ROOT
 
@@ -72,6 +72,30 @@ def test_cli_generates_with_a_bundled_checkpoint():
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"river", proc.stdout), proc.stdout
+
+
+def test_cli_gives_a_bundled_checkpoint_its_input_conventions_like_the_app(pipes):
+    """Plain text in, plain text out: the bundled models were trained on WikiSplit-style text
+    ("mat , it"), which the app and the evaluation produce for them; `--as-is` passes text as given."""
+    folder = BUNDLED_DIR / BUNDLED["sentence-splitting"]
+    relative = folder.relative_to(ROOT)
+    info = checkpoint_info(relative)
+    assert info is not None and info.pretokenize
+    assert checkpoint_info(folder) is info and checkpoint_info(info.name) is info
+    assert checkpoint_info(ROOT / "tests") is None
+    text = "The cat sat on the mat, it was very happy."
+
+    def run(*flags):
+        proc = subprocess.run([sys.executable, "-m", "bertgen", "generate", "--model", str(relative), *flags, text],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.rstrip("\n")
+
+    pipe = pipes["sentence-splitting"]
+    as_app = detokenize(pipe(prepare_input(text, info))[0]["generated_text"])
+    assert run() == as_app
+    assert run("--as-is") == pipe(text)[0]["generated_text"] != as_app
+    assert " ." not in as_app and "<::::>" in as_app
 
 
 def test_cli_can_switch_off_the_split_models_required_separator():

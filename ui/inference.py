@@ -107,10 +107,6 @@ class Output:
                 f"{len(self.input_tokens)}-token window.")
 
 
-def _plain(text: str, ckpt: models.Checkpoint) -> str:
-    return tasks.detokenize(text) if ckpt.info is not None and ckpt.info.pretokenize else text
-
-
 def visible_text(tokenizer, tokens: list[str]) -> str:
     """Generated tokens as text, keeping the sentence separator that skip_special_tokens drops."""
     hidden = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
@@ -159,7 +155,7 @@ class Job:
             while (item := texts.get()) is not _DONE:
                 if isinstance(item, BaseException):
                     raise item
-                yield _plain(item, self.ckpt)
+                yield tasks.plain_output(item, self.ckpt.info)
         finally:
             stop.set()  # the consumer went away (finished, cancelled): stop decoding
 
@@ -167,7 +163,8 @@ class Job:
         """The whole result with attention (the final beam's), tokens and timing."""
         pipe = self.loaded.pipe
         result = pipe.run([self.prepared], settings=self.settings, attentions=True)[0]
-        texts = [_plain(visible_text(pipe.tokenizer, tokens), self.ckpt) for tokens in result.output_tokens]
+        texts = [tasks.plain_output(visible_text(pipe.tokenizer, tokens), self.ckpt.info)
+                 for tokens in result.output_tokens]
         return Output(
             checkpoint=self.ckpt.value, task=self.task, text=texts[0], texts=texts,
             input_tokens=list(result.input_tokens), output_tokens=list(result.output_tokens[0]),
