@@ -11,7 +11,7 @@ suppressed with min_new_tokens) it measures:
 - the cost of recording cross-attention (bertgen, `output_cross_attentions=True`);
 - the memory-bandwidth floor: bytes the decoder must read per step (weights, LM head, KV caches)
   divided by the read bandwidth of a large tensor sum, the best of reads just before and just
-  after the case (this shared host's bandwidth moves between 25 and 50 GB/s within an hour, so
+  after the case (this shared host's bandwidth moves between 31 and 67 GB/s within minutes, so
   one read at the start set the floor of cases run minutes later);
 - peak RSS during generation, each case in a fresh subprocess (peak reset after the model is
   built, via /proc/self/clear_refs), next to the bytes of the weights;
@@ -189,9 +189,9 @@ def measure(runners: dict, repeats: int) -> dict:
 
 def paired_cost_pct(variant: dict, base: dict) -> float:
     """Extra time of `variant` over `base` (entries of `measure`): the median over repeats of
-    the ratio of their runs in the same repeat, made close together. A ratio of the two bests compares moments seconds apart,
-    and this host's memory speed changes within seconds (up to +15% read off an A/B that
-    measures +1%)."""
+    the ratio of their runs in the same repeat, made close together. A ratio of the two bests
+    compares moments seconds apart, and this host's memory speed changes within seconds (up to
+    +15% read off an A/B that measures +1%)."""
     return 100 * (statistics.median(v / b for v, b in zip(variant["tns"], base["tns"])) - 1)
 
 
@@ -233,7 +233,9 @@ def rss_child(size: str, case: str, framework: str) -> dict:
     baseline = _status_kb("VmRSS")
     if framework.startswith("bertgen"):
         kernels.map_large_allocations()  # as bertgen.pipeline does before it loads a model
-    model = build_bertgen(size) if framework.startswith("bertgen") else build_transformers(size)
+        model = build_bertgen(size)
+    else:
+        model = build_transformers(size)
     seen, weight_bytes = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:

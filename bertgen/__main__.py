@@ -97,17 +97,15 @@ def add_generate(subparsers) -> None:
 
 def run_generate(args) -> int:
     from .pipeline import pipeline
-    from .tasks import checkpoint_info, plain_output, prepare_input
+    from .tasks import checkpoint_info, plain_output, prepare_input, special_tokens
 
     settings = {name: getattr(args, name) for name, _, _ in SETTING_FLAGS}
     settings.update(do_sample=args.do_sample, early_stopping=args.early_stopping)
     info = None if args.as_is else checkpoint_info(args.model)  # what the app and the evaluation apply
-    add_special_tokens = args.add_special_tokens
-    if add_special_tokens is None and info is not None and info.add_special_tokens:
-        add_special_tokens = True
     pipe = pipeline("text2text-generation", model=args.model, device=args.device, dtype=args.dtype,
                     quantize=args.quantize, batch_size=args.batch_size,
-                    add_special_tokens=add_special_tokens)
+                    add_special_tokens=(special_tokens(info) if args.add_special_tokens is None
+                                        else args.add_special_tokens))
     # bad settings fail before any input is read
     chosen = pipe.settings(**settings)
     texts = [args.text] if args.text is not None else read_lines(sys.stdin)

@@ -143,10 +143,8 @@ def checkpoint_info(name: str | os.PathLike) -> CheckpointInfo | None:
     """The registry entry for a bundled folder name, a bundled path (relative or not), or a hub id."""
     name = os.fspath(name)
     for ckpt in all_checkpoints():
-        if name in (ckpt.name, ckpt.location):
-            return ckpt
-    for ckpt in all_checkpoints():
-        if ckpt.bundled and os.path.realpath(name) == os.path.realpath(ckpt.location):
+        if name in (ckpt.name, ckpt.location) or (
+                ckpt.bundled and os.path.realpath(name) == os.path.realpath(ckpt.location)):
             return ckpt
     return None
 
@@ -199,6 +197,12 @@ def prepare_input(text: str, ckpt: CheckpointInfo | None) -> str:
     if ckpt.pretokenize:
         text = pretokenize(text)
     return text
+
+
+def special_tokens(ckpt: CheckpointInfo | None) -> bool | None:
+    """The pipeline's `add_special_tokens` for a checkpoint: True when its inputs are wrapped in
+    bos/eos (the google wikisplit model), else None (the checkpoint folder's own convention)."""
+    return True if ckpt is not None and ckpt.add_special_tokens else None
 
 
 def plain_output(text: str, ckpt: CheckpointInfo | None) -> str:

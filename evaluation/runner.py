@@ -195,12 +195,12 @@ def _load_pipeline(model: str, record: RunRecord):
     if record.model == COPY:
         return CopyPipeline()
     from bertgen.pipeline import pipeline
-    from bertgen.tasks import checkpoint_info
+    from bertgen.tasks import checkpoint_info, special_tokens
 
     info = checkpoint_info(record.model)  # e.g. the google wikisplit model wants bos + text + eos
     return pipeline("text2text-generation", model=_model_location(model), device=record.device,
                     dtype=record.dtype, quantize=record.quantize, batch_size=record.batch_size,
-                    add_special_tokens=True if info is not None and info.add_special_tokens else None)
+                    add_special_tokens=special_tokens(info))
 
 
 def _input_formatter(model_id: str, bench: Benchmark) -> Callable[[str], str]:

@@ -216,10 +216,9 @@ class ModelCache:
             if progress is not None:
                 progress(0.0, desc=f"{'Downloading and loading' if ckpt.downloads else 'Loading'} {ckpt.value} ...")
             start = time.perf_counter()
-            special = True if ckpt.info is not None and ckpt.info.add_special_tokens else None
             try:
                 pipe = pipeline("text2text-generation", model=ckpt.location, device=device,
-                                add_special_tokens=special, **precision_args(dtype))
+                                add_special_tokens=tasks.special_tokens(ckpt.info), **precision_args(dtype))
             except (CheckpointError, ConfigError, OSError) as err:
                 raise ValueError(f"Could not load {ckpt.value}: {err}") from None
             pipe.model.requires_grad_(False)  # serving only: no autograd bookkeeping, ever
