@@ -3,10 +3,10 @@
 Not a test. For the weight shapes of the benchmark models (hidden 384/1024, FFN 4x) and the
 row counts that occur (1 = greedy step, 4 = beams, 32 = beam 4 x batch 8, 64/256 = an
 encoder pass), and for LM heads (vocab x hidden) at a step's row counts, it reports ms per
-call of F.linear, of `kernels.matmul` on the plain weight, of `kernels.PackedLinear` (the
-weight in oneDNN's blocked layout, as `prepare_model` holds it on CPU) and of PackedLinear in
-bf16 where the CPU packs bf16; best of `--repeats`, all interleaved so they see the same
-machine load.
+call of F.linear, of `kernels.matmul` on the plain weight, of `kernels.PackedLinear` as
+`prepare_model` holds it on CPU (the native panel kernel's layout where it is built), of
+PackedLinear in oneDNN's blocked layout (its fallback) and of PackedLinear in bf16 where the
+CPU packs bf16; best of `--repeats`, all interleaved so they see the same machine load.
 
 Usage:  python benchmarks/bench_kernels.py [--threads 2] [--save]   (--save keeps benchmarks/results_kernels.md)
 """
@@ -62,6 +62,7 @@ def main() -> int:
             count = max(2, (64 << 20) // (4 * out_f * in_f))  # 64 MB or more: more than any CPU cache
             layers = [torch.nn.Linear(in_f, out_f) for _ in range(count)]
             packed = [kernels.PackedLinear(layer) for layer in layers]
+            onednn = [kernels.PackedLinear(layer, native=False) for layer in layers]
             packed_bf16 = ([kernels.PackedLinear(copy.deepcopy(layer).to(torch.bfloat16)) for layer in layers]
                            if kernels.packable(layers[0].weight.bfloat16()) else None)
             for rows in row_counts:
@@ -70,6 +71,7 @@ def main() -> int:
                     "F.linear": best_ms(lambda: [F.linear(x, m.weight, m.bias) for m in layers], args.repeats),
                     "matmul": best_ms(lambda: [kernels.matmul(x, m.weight, m.bias) for m in layers], args.repeats),
                     "packed": best_ms(lambda: [m(x) for m in packed], args.repeats),
+                    "oneDNN packed": best_ms(lambda: [m(x) for m in onednn], args.repeats),
                 }
                 if packed_bf16:
                     xb = x.bfloat16()
@@ -79,16 +81,21 @@ def main() -> int:
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
     bf16 = "packed bf16" in rows_out[0]
+    layout = ("the native panel kernel (bertgen/csrc/panel_linear.cpp)" if kernels.native_kernels() is not None
+              else "oneDNN's blocked layout (the native kernel is not built here)")
     lines = [f"Kernel benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.threads} threads, torch "
              f"{torch.__version__}, best of {args.repeats}; load average at end {os.getloadavg()[0]:.2f}). "
              "ms per call; weights cycled through 64 MB or more so they come from memory. "
              "The last rows are LM-head shapes.", "",
-             f"| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | packed vs F.linear | "
-             f"packed vs matmul |{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}",
-             f"|---|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"]
+             f"PackedLinear: {layout}.", "",
+             f"| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | oneDNN packed ms | "
+             f"packed vs F.linear | packed vs matmul | packed vs oneDNN packed |"
+             f"{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}",
+             f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"]
     for r in rows_out:
         line = (f"| {r['out']} x {r['in']} | {r['rows']} | {r['F.linear']} | {r['matmul']} | {r['packed']} | "
-                f"{r['F.linear'] / r['packed']:.2f}x | {r['matmul'] / r['packed']:.2f}x |")
+                f"{r['oneDNN packed']} | {r['F.linear'] / r['packed']:.2f}x | {r['matmul'] / r['packed']:.2f}x | "
+                f"{r['oneDNN packed'] / r['packed']:.2f}x |")
         if bf16:
             line += f" {r['packed bf16']} | {r['matmul'] / r['packed bf16']:.2f}x |"
         lines.append(line)

@@ -5,8 +5,11 @@ oneDNN's on the same plain (unpacked) fp32 weights: MKL picks slow kernels on AM
 linear is an internal torch op (`torch.ops.mkldnn._linear_pointwise`): used when present,
 for inference only (no autograd graph being recorded), so training numerics are unchanged.
 
-For inference `pack_linears` goes one step further: it stores each weight once in oneDNN's
-blocked layout (`PackedLinear`), which a plain weight is otherwise re-laid into on every call.
+For inference `pack_linears` goes one step further: it stores each weight once in a layout
+made for the kernel that reads it (`PackedLinear`). On CPUs with AVX-512 that is our own
+kernel's ("panels", `bertgen/csrc/panel_linear.cpp`, compiled on first use): 1.1-1.5x faster
+than oneDNN's packed kernels at 1-32 rows, as fast at 256. Elsewhere, or when it cannot be
+built, oneDNN's blocked layout, which a plain weight is otherwise re-laid into on every call.
 Measured with `python benchmarks/bench_kernels.py`.
 """
 
@@ -15,7 +18,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import shutil
+import sys
+import warnings
 import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -115,15 +123,101 @@ def _packs(dtype: torch.dtype) -> bool:
     w, x = torch.randn(8, 16, generator=gen), torch.randn(4, 16, generator=gen)
     try:
         with torch.no_grad():
-            out = _ONEDNN_LINEAR(x.to(dtype), _pack(w.to(dtype)), None, "none", [], "")
+            out = _ONEDNN_LINEAR(x.to(dtype), _ONEDNN_PACK(w.to(dtype), None), None, "none", [], "")
     except RuntimeError:
         return False
     return torch.allclose(out.float(), x @ w.T, atol=0.1 if dtype == torch.bfloat16 else 1e-4)
 
 
-def _pack(weight: Tensor) -> Tensor:
-    """The weight [out, in] in oneDNN's blocked layout (an opaque tensor), chosen for any row count."""
-    return _ONEDNN_PACK(weight.detach().contiguous(), None)
+def _pack(weight: Tensor, native: bool = True) -> Tensor | PanelWeight:
+    """The weight [out, in] in the layout of the kernel that will read it, for any row count:
+    fp32 with the native kernels built (and `native`), their panels; otherwise oneDNN's
+    blocked layout (an opaque tensor)."""
+    weight = weight.detach().contiguous()
+    native = native_kernels() if native and weight.dtype == torch.float32 else None
+    return PanelWeight(native, weight) if native is not None else _ONEDNN_PACK(weight, None)
+
+
+# ----------------------------------------------------------------------------------------
+# Native panel kernels (bertgen/csrc/panel_linear.cpp)
+# ----------------------------------------------------------------------------------------
+NATIVE_ENV = "BERTGEN_NATIVE_KERNELS"  # "0": never build or use them
+_NATIVE_SOURCE = Path(__file__).resolve().parent / "csrc" / "panel_linear.cpp"
+_NATIVE_NAME = "bertgen_panel_linear"
+
+
+@functools.cache
+def native_kernels():
+    """bertgen's own fp32 CPU kernels, compiled on first use and cached by torch (~30 s once
+    per machine; a C++ compiler, ninja and Python's headers needed), or None: off AVX-512
+    CPUs, with BERTGEN_NATIVE_KERNELS=0, or when the build fails (a warning says why; oneDNN's
+    packed kernels take over, 1.1-1.5x slower at decoding's row counts)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None
+    try:
+        from torch.utils import cpp_extension
+        _find_ninja()
+        if not _native_built(cpp_extension):
+            print("bertgen: compiling its CPU matrix kernel (once per machine, ~30 s)", file=sys.stderr, flush=True)
+        module = cpp_extension.load(_NATIVE_NAME, [str(_NATIVE_SOURCE)], verbose=False,
+                                    extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        gen = torch.Generator().manual_seed(0)
+        w, b, x = torch.randn(70, 33, generator=gen), torch.randn(70, generator=gen), torch.randn(7, 33, generator=gen)
+        if not torch.allclose(module.linear(x, module.pack(w), b, 70), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+            raise RuntimeError("its self-check against F.linear failed")
+        return module
+    except Exception as error:  # no compiler, no headers, a read-only cache: decode with oneDNN
+        message = " ".join(str(error).split())[:300]
+        warnings.warn(f"bertgen: its native CPU kernel is unavailable ({type(error).__name__}: {message}); "
+                      f"using oneDNN's, 1.1-1.5x slower. Set {NATIVE_ENV}=0 to skip the attempt.", stacklevel=2)
+        return None
+
+
+def _find_ninja() -> None:
+    """torch builds with the `ninja` on PATH; the pip package's (requirements.txt) is not on it
+    when a virtual environment's python runs without being activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass  # torch's own error then says that ninja is missing
+
+
+def _native_built(cpp_extension) -> bool:
+    """Whether torch's extension cache already holds a build (only to say why the first load waits)."""
+    try:
+        return any(Path(cpp_extension._get_build_directory(_NATIVE_NAME, verbose=False)).glob("*.so"))
+    except Exception:  # a private helper of torch: never let it matter
+        return False
+
+
+class PanelWeight:
+    """A weight [out, in] in the native kernel's layout: panels of 64 outputs, each [in, 64]
+    (zeros past `out`), so one row's product streams each panel front to back. It answers
+    `dtype`, `shape`, `numel`, `element_size` and `to_dense` as the opaque oneDNN tensor does."""
+
+    __slots__ = ("native", "panels", "shape")
+
+    def __init__(self, native, weight: Tensor):
+        self.native, self.panels, self.shape = native, native.pack(weight), weight.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.panels.dtype
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def element_size(self) -> int:
+        return self.panels.element_size()
+
+    def to_dense(self) -> Tensor:
+        return self.native.unpack(self.panels, self.shape[0])
+
+    def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """x [rows, in] @ weight.T + bias."""
+        return self.native.linear(x.contiguous(), self.panels, bias, self.shape[0])
 
 
 @functools.cache
@@ -133,45 +227,55 @@ def constant_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.dev
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-# Fewer rows are padded with zeros to this many: oneDNN's packed kernels run 1-3 rows no faster
-# (often slower) than 4. Measured here: a row's result is then bit-identical whatever the batch.
+# Fewer rows are padded with zeros to this many for oneDNN: its packed kernels run 1-3 rows no
+# faster (often slower) than 4. Measured here: a row's result is then bit-identical whatever the
+# batch. (The panel kernel computes each row on its own: the same holds without padding.)
 MIN_PACKED_ROWS = 4
 
 
-def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+def packed_linear(x: Tensor, packed: Tensor | PanelWeight, bias: Tensor | None,
+                  activation: str | None = None) -> Tensor:
     """x [..., in] @ weight.T + bias for a weight packed by `_pack`, then `activation` (a key of
-    `_POST_OPS`) fused into the call; fewer than MIN_PACKED_ROWS rows are padded."""
+    `_POST_OPS`: fused into oneDNN's call, applied after the panel kernel's)."""
     if x.dtype != packed.dtype:  # oneDNN would fail with an unhelpful message
         raise TypeError(f"packed {packed.dtype} weights, input is {x.dtype}")
     out_features, in_features = packed.shape
     flat = x if x.dim() == 2 else x.reshape(-1, in_features)  # a decoding step's rows: as they are
     rows = flat.shape[0]
-    if rows < MIN_PACKED_ROWS:
-        flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, in_features), flat.dtype, flat.device)])
     post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
     if post_op is None:  # silently skipping it would return wrong values
         raise ValueError(f"packed layers fuse {', '.join(_POST_OPS)}, not {activation!r}")
-    out = _ONEDNN_LINEAR(flat.contiguous(), packed, bias, *post_op)
-    if rows < MIN_PACKED_ROWS:
-        out = out[:rows]
+    if type(packed) is PanelWeight:  # any row count as it is; the activation after
+        out = packed.linear(flat, bias)
+        out = out if activation is None else ACT_FNS[activation](out)
+    else:
+        if rows < MIN_PACKED_ROWS:
+            flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, in_features), flat.dtype, flat.device)])
+        out = _ONEDNN_LINEAR(flat.contiguous(), packed, bias, *post_op)
+        if rows < MIN_PACKED_ROWS:
+            out = out[:rows]
     return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
 
 
 class PackedLinear(nn.Module):
-    """An nn.Linear for CPU inference whose weight is stored once, in oneDNN's blocked layout.
+    """An nn.Linear for CPU inference whose weight is stored once, in its kernel's layout: the
+    native panels (fp32 on AVX-512 CPUs, `native_kernels`) or oneDNN's blocked layout.
 
-    A plain weight is re-laid into that layout inside every oneDNN call; packed, the call only
-    reads it. Against `matmul` on the plain weight (`benchmarks/results_kernels.md`, 2 threads,
-    AMD EPYC): 1.2-1.8x faster at 4-64 rows of 1024-wide weights (beams, batches), 1.03-1.12x
-    at 256 (encoder passes); at 1-4 rows of narrow (384-wide) weights, where `matmul` uses
-    MKL's matrix-vector kernels, 0.6-1.3x. bf16 (CPUs with AVX512-BF16): 2-3x fp32 from 32 rows.
+    A plain weight is re-laid into oneDNN's layout inside every oneDNN call; packed, the call
+    only reads it. oneDNN packed against `matmul` on the plain weight
+    (`benchmarks/results_kernels.md`, 2 threads, AMD EPYC): 1.2-1.8x faster at 4-64 rows of
+    1024-wide weights (beams, batches), 1.03-1.12x at 256 (encoder passes); at 1-4 rows of
+    narrow (384-wide) weights 0.6-1.3x. The panel kernel is another 1.1-1.5x faster than oneDNN
+    packed at 1-32 rows and as fast at 256. bf16 (CPUs with AVX512-BF16, oneDNN): 2-3x fp32
+    from 32 rows.
     Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
     `state_dict()` holds a plain `weight`: a packed model saves like any other."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, native: bool = True):
+        """native=False: oneDNN's layout even where the panel kernel is built (to compare them)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight)
+        self.packed = _pack(linear.weight, native)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
@@ -203,7 +307,7 @@ class PackedLinear(nn.Module):
                 error_msgs.append(f"size mismatch for {key}: {tuple(weight.shape)} in the state dict, "
                                   f"{(self.out_features, self.in_features)} in the model")
             else:
-                self.packed = _pack(weight.to(self.packed.dtype))
+                self.packed = _pack(weight.to(self.packed.dtype), native=type(self.packed) is PanelWeight)
             state_dict = {k: v for k, v in state_dict.items() if k != key}
         else:
             missing_keys.append(key)
@@ -219,8 +323,9 @@ class PackedLinear(nn.Module):
         raise TypeError("a packed model cannot be deep-copied; unpack_linears(model) first")
 
     def extra_repr(self) -> str:
+        layout = "panels" if type(self.packed) is PanelWeight else "onednn"
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
-               f"bias={self.bias is not None}, dtype={self.packed.dtype}"
+               f"bias={self.bias is not None}, dtype={self.packed.dtype}, layout={layout}"
 
 
 # A weight that must also stay plain (an LM head tied to the embedding lookup) can get a packed

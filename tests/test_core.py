@@ -402,10 +402,23 @@ requires_onednn = pytest.mark.skipif(not kernels.packable(torch.ones(1)),
                                      reason="this torch build has no oneDNN linear (PackedLinear needs it)")
 
 
+@pytest.fixture(params=["panels", "onednn"])
+def packed_layout(request, monkeypatch):
+    """PackedLinear in each of its layouts: the native panel kernel's (where it is built) and
+    oneDNN's (its fallback)."""
+    if request.param == "onednn":
+        monkeypatch.setattr(kernels, "native_kernels", lambda: None)
+    elif kernels.native_kernels() is None:
+        pytest.skip("the native kernel needs an AVX-512 CPU and a C++ toolchain")
+    return request.param
+
+
 @requires_onednn
 @pytest.mark.parametrize("rows", [1, 2, 4, 65])
-def test_packed_linear_equals_linear(rows):
+def test_packed_linear_equals_linear(rows, packed_layout):
     from bertgen.kernels import PackedLinear, packable
+
+    assert f"layout={packed_layout}" in repr(PackedLinear(torch.nn.Linear(4, 4)))
 
     g = torch.Generator().manual_seed(rows)
     lin, no_bias = torch.nn.Linear(48, 32), torch.nn.Linear(48, 32, bias=False)
@@ -428,6 +441,54 @@ def test_packed_linear_equals_linear(rows):
             torch.testing.assert_close(out.float(), F.linear(x, lin.weight, lin.bias), rtol=0.02, atol=0.1)
             with pytest.raises(TypeError, match="packed torch.bfloat16 weights, input is torch.float32"):
                 packed(x)
+
+
+NATIVE_SHAPES = [(1, 1), (63, 17), (64, 64), (65, 33), (130, 2050)]  # past 64 outputs; past 1024 inputs
+
+
+def test_native_kernel_is_built_where_it_can_be():
+    """Where the CPU has AVX-512 and a compiler is present (this CI machine) the panel kernel
+    must build: a silent fall back to oneDNN would hide a broken build."""
+    can_build = (torch.backends.cpu.get_cpu_capability() == "AVX512" and shutil.which("c++")
+                 and os.environ.get(kernels.NATIVE_ENV, "1") != "0")  # ninja: a requirement
+    assert (kernels.native_kernels() is not None) == bool(can_build)
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+@pytest.mark.parametrize("out_f,in_f", NATIVE_SHAPES)
+def test_native_panel_kernel_equals_linear(out_f, in_f):
+    native = kernels.native_kernels()
+    g = torch.Generator().manual_seed(out_f * in_f)
+    w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
+    panels = native.pack(w)
+    assert panels.shape == ((out_f + 63) // 64, in_f, 64) and torch.equal(native.unpack(panels, out_f), w)
+    for rows in (0, 1, 5, 6, 7, 13):
+        x = torch.randn(rows, in_f, generator=g)
+        for bias in (b, None):
+            expected = F.linear(x.double(), w.double(), None if bias is None else bias.double()).float()
+            torch.testing.assert_close(native.linear(x, panels, bias, out_f), expected, rtol=1e-5, atol=1e-4)
+        if rows:  # each row on its own: its result is bit-identical whatever the batch
+            assert torch.equal(native.linear(x[-1:], panels, b, out_f), native.linear(x, panels, b, out_f)[-1:])
+    with pytest.raises(RuntimeError, match="does not fit the packed weight"):
+        native.linear(torch.randn(2, in_f + 1), panels, b, out_f)
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
+        native.linear(torch.randn(2, in_f).double(), panels, b, out_f)
+
+
+def test_native_kernel_failure_falls_back_with_a_warning(monkeypatch):
+    """No compiler, headers or writable cache: a warning that says why, and oneDNN's layout."""
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    with pytest.warns(UserWarning, match="native CPU kernel is unavailable .*c\\+\\+: not found.*using oneDNN"):
+        assert kernels.native_kernels.__wrapped__() is None
+    monkeypatch.setenv(kernels.NATIVE_ENV, "0")  # switched off: not even tried
+    monkeypatch.setattr(cpp_extension, "load", lambda *a, **k: pytest.fail("built although switched off"))
+    assert kernels.native_kernels.__wrapped__() is None
 
 
 @requires_onednn

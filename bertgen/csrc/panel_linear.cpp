@@ -1,0 +1,135 @@
+// fp32 linear layers for CPU inference on AVX-512, in a layout of our own ("panels").
+//
+// Why: oneDNN's packed kernels read a decoding step's weights at 27-40 GB/s where the
+// memory delivers 31-67, and greedy decoding is bound by that read. This kernel streams
+// each panel front to back and matches or beats oneDNN from 1 to 256 rows
+// (docs/GENERATION.md). Built on first use by bertgen/kernels.py; oneDNN is the fallback.
+//
+// Layout: a weight [out, in] becomes panels [ceil(out / 64), in, 64]: panel p holds outputs
+// 64p..64p+63, and for each input k their 64 weights side by side (zeros past `out`).
+// y[r, o] = bias[o] + sum_k x[r, k] W[o, k] is accumulated over k in order, one row at a time,
+// so a row's result does not depend on how many rows share the call.
+#include <torch/extension.h>
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace {
+
+constexpr int64_t kPanel = 64;    // outputs per panel: four 16-float vectors
+constexpr int64_t kDepth = 1024;  // inputs per pass over a panel (1024 x 64 floats = 256 KB, in L2)
+constexpr int kRows = 6;          // rows per tile: 6 x 4 accumulators of the 32 registers
+
+// Rows [0, R) of one panel over inputs [k0, k1): accumulators start from the bias (first
+// pass) or from y (later passes), and `mask` keeps the lanes past `out` out of y.
+template <int R>
+void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out, int64_t k0,
+          int64_t k1, const float* bias, const __mmask16 mask[4]) {
+  __m512 acc[R][4];
+  for (int v = 0; v < 4; ++v) {
+    for (int r = 0; r < R; ++r) {
+      if (k0 > 0) acc[r][v] = _mm512_maskz_loadu_ps(mask[v], y + r * out + 16 * v);
+      else acc[r][v] = bias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : _mm512_setzero_ps();
+    }
+  }
+  const float* w = panel + k0 * kPanel;
+  for (int64_t k = k0; k < k1; ++k, w += kPanel) {
+    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
+    const __m512 w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_set1_ps(x[r * in + k]);
+      acc[r][0] = _mm512_fmadd_ps(w0, xv, acc[r][0]);
+      acc[r][1] = _mm512_fmadd_ps(w1, xv, acc[r][1]);
+      acc[r][2] = _mm512_fmadd_ps(w2, xv, acc[r][2]);
+      acc[r][3] = _mm512_fmadd_ps(w3, xv, acc[r][3]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(y + r * out + 16 * v, mask[v], acc[r][v]);
+}
+
+template <int R>
+void tail_tile(int rows_left, const float* panel, const float* x, int64_t in, float* y, int64_t out,
+               int64_t k0, int64_t k1, const float* bias, const __mmask16 mask[4]) {
+  if constexpr (R > 0) {
+    if (rows_left == R) return tile<R>(panel, x, in, y, out, k0, k1, bias, mask);
+    tail_tile<R - 1>(rows_left, panel, x, in, y, out, k0, k1, bias, mask);
+  }
+}
+
+void check_weight(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous(),
+              "panel_linear: ", what, " must be a contiguous float32 CPU tensor");
+}
+
+}  // namespace
+
+torch::Tensor pack(const torch::Tensor& weight) {
+  check_weight(weight, "the weight");
+  TORCH_CHECK(weight.dim() == 2, "panel_linear: the weight must be [out, in]");
+  const int64_t out = weight.size(0), in = weight.size(1), panels = (out + kPanel - 1) / kPanel;
+  auto packed = torch::zeros({panels, in, kPanel}, weight.options());
+  const float* src = weight.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t o = p * kPanel; o < std::min(out, (p + 1) * kPanel); ++o)
+      for (int64_t k = 0; k < in; ++k) dst[(p * in + k) * kPanel + o % kPanel] = src[o * in + k];
+  return packed;
+}
+
+torch::Tensor unpack(const torch::Tensor& packed, int64_t out) {
+  check_weight(packed, "the packed weight");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && out > (packed.size(0) - 1) * kPanel &&
+                  out <= packed.size(0) * kPanel,
+              "panel_linear: not a packed weight of ", out, " outputs");
+  return packed.transpose(1, 2).reshape({-1, packed.size(1)}).narrow(0, 0, out).contiguous();
+}
+
+// x [rows, in] @ W.T + bias for W packed by `pack`: [rows, out].
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const c10::optional<torch::Tensor>& bias,
+                     int64_t out) {
+  check_weight(x, "the input");
+  check_weight(packed, "the packed weight");
+  const int64_t rows = x.size(0), in = x.size(1), panels = packed.size(0);
+  TORCH_CHECK(x.dim() == 2 && packed.dim() == 3 && packed.size(1) == in && packed.size(2) == kPanel &&
+                  out > (panels - 1) * kPanel && out <= panels * kPanel,
+              "panel_linear: input [rows, ", in, "] does not fit the packed weight");
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    check_weight(*bias, "the bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out, "panel_linear: the bias must be [out]");
+    b = bias->data_ptr<float>();
+  }
+  auto y = torch::empty({rows, out}, x.options());
+  if (rows == 0) return y;
+  const float* xs = x.data_ptr<float>();
+  const float* ws = packed.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t width = std::min(kPanel, out - p * kPanel);  // outputs in this panel
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) {
+      const int64_t lanes = std::clamp<int64_t>(width - 16 * v, 0, 16);
+      mask[v] = static_cast<__mmask16>((1u << lanes) - 1u);
+    }
+    const float* panel = ws + p * in * kPanel;
+    const float* pb = b ? b + p * kPanel : nullptr;
+    for (int64_t k0 = 0; k0 < in; k0 += kDepth) {
+      const int64_t k1 = std::min(in, k0 + kDepth);
+      int64_t r = 0;
+      for (; r + kRows <= rows; r += kRows)
+        tile<kRows>(panel, xs + r * in, in, ys + r * out + p * kPanel, out, k0, k1, pb, mask);
+      tail_tile<kRows - 1>(static_cast<int>(rows - r), panel, xs + r * in, in, ys + r * out + p * kPanel, out,
+                           k0, k1, pb, mask);
+    }
+  }
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pack", &pack, "weight [out, in] -> panels [ceil(out / 64), in, 64]");
+  m.def("unpack", &unpack, "panels, out -> weight [out, in]");
+  m.def("linear", &linear, "x [rows, in] @ weight.T + bias, the weight packed by pack");
+}
