@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 import warnings
 import weakref
 from pathlib import Path
@@ -148,18 +149,22 @@ _NATIVE_NAME = "bertgen_panel_linear"
 
 @functools.cache
 def native_kernels():
-    """bertgen's own fp32 CPU kernels, compiled on first use and cached by torch (~30 s once
-    per machine; a C++ compiler, ninja and Python's headers needed), or None: off AVX-512
-    CPUs, with BERTGEN_NATIVE_KERNELS=0, or when the build fails (a warning says why; oneDNN's
-    packed kernels take over, 1.1-1.5x slower at decoding's row counts)."""
+    """bertgen's own fp32 CPU kernels, compiled on first use (~30 s once per machine, torch and
+    Python version; a C++ compiler, ninja and Python's headers needed) into
+    `native_build_directory()`, or None: off AVX-512 CPUs, with BERTGEN_NATIVE_KERNELS=0, or
+    when the build fails (a warning says why; oneDNN's packed kernels take over, 1.0-1.65x
+    slower at decoding's row counts)."""
     if os.environ.get(NATIVE_ENV, "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
     try:
         from torch.utils import cpp_extension
         _find_ninja()
-        if not _native_built(cpp_extension):
+        build = native_build_directory()
+        build.mkdir(parents=True, exist_ok=True)
+        _drop_stale_lock(build / "lock")
+        if not any(build.glob("*.so")):
             print("bertgen: compiling its CPU matrix kernel (once per machine, ~30 s)", file=sys.stderr, flush=True)
-        module = cpp_extension.load(_NATIVE_NAME, [str(_NATIVE_SOURCE)], verbose=False,
+        module = cpp_extension.load(_NATIVE_NAME, [str(_NATIVE_SOURCE)], build_directory=str(build), verbose=False,
                                     extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
         gen = torch.Generator().manual_seed(0)
         w, b, x = torch.randn(70, 33, generator=gen), torch.randn(70, generator=gen), torch.randn(7, 33, generator=gen)
@@ -169,8 +174,28 @@ def native_kernels():
     except Exception as error:  # no compiler, no headers, a read-only cache: decode with oneDNN
         message = " ".join(str(error).split())[:300]
         warnings.warn(f"bertgen: its native CPU kernel is unavailable ({type(error).__name__}: {message}); "
-                      f"using oneDNN's, 1.1-1.5x slower. Set {NATIVE_ENV}=0 to skip the attempt.", stacklevel=2)
+                      f"using oneDNN's, 1.0-1.65x slower. Set {NATIVE_ENV}=0 to skip the attempt.", stacklevel=2)
         return None
+
+
+def native_build_directory() -> Path:
+    """Where the kernel is built and cached: under $TORCH_EXTENSIONS_DIR when set, else
+    $XDG_CACHE_HOME/bertgen (~/.cache/bertgen), one folder per Python and torch version (a
+    build is tied to both)."""
+    base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bertgen"
+    tag = f"{_NATIVE_NAME}-py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    return Path(base) / tag.replace("+", "-")
+
+
+def _drop_stale_lock(lock: Path, older_than_s: float = 600) -> None:
+    """torch waits without end on the lock file of a build; one killed mid-build (a closed
+    terminal, a restarted Space) leaves it behind. A build takes ~30 s: an old lock is stale."""
+    try:
+        if time.time() - lock.stat().st_mtime > older_than_s:
+            lock.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _find_ninja() -> None:
@@ -182,14 +207,6 @@ def _find_ninja() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass  # torch's own error then says that ninja is missing
-
-
-def _native_built(cpp_extension) -> bool:
-    """Whether torch's extension cache already holds a build (only to say why the first load waits)."""
-    try:
-        return any(Path(cpp_extension._get_build_directory(_NATIVE_NAME, verbose=False)).glob("*.so"))
-    except Exception:  # a private helper of torch: never let it matter
-        return False
 
 
 class PanelWeight:

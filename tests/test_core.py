@@ -491,6 +491,20 @@ def test_native_kernel_failure_falls_back_with_a_warning(monkeypatch):
     assert kernels.native_kernels.__wrapped__() is None
 
 
+def test_native_build_directory_and_stale_lock(tmp_path, monkeypatch):
+    """The build goes where the user's extension cache is; a build killed midway leaves torch's
+    lock file, on which the next start would wait forever: an old one is removed, a fresh one
+    (a build running now in another process) is not."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build = kernels.native_build_directory()
+    assert build.parent == tmp_path and torch.__version__.replace("+", "-") in build.name
+    fresh, stale = tmp_path / "fresh.lock", tmp_path / "stale.lock"
+    fresh.touch(), stale.touch()
+    os.utime(stale, (0, 0))
+    kernels._drop_stale_lock(fresh), kernels._drop_stale_lock(stale), kernels._drop_stale_lock(tmp_path / "none")
+    assert fresh.exists() and not stale.exists()
+
+
 @requires_onednn
 def test_packed_linears_save_load_and_refuse_to_move():
     import copy
