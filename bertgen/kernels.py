@@ -21,6 +21,7 @@ import functools
 import os
 import shutil
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -147,13 +148,22 @@ _NATIVE_SOURCE = Path(__file__).resolve().parent / "csrc" / "panel_linear.cpp"
 _NATIVE_NAME = "bertgen_panel_linear"
 
 
-@functools.cache
+_NATIVE_LOCK = threading.Lock()
+
+
 def native_kernels():
     """bertgen's own fp32 CPU kernels, compiled on first use (~30 s once per machine, torch and
     Python version; a C++ compiler, ninja and Python's headers needed) into
     `native_build_directory()`, or None: off AVX-512 CPUs, with BERTGEN_NATIVE_KERNELS=0, or
     when the build fails (a warning says why; oneDNN's packed kernels take over, 1.0-1.65x
-    slower at decoding's row counts)."""
+    slower at decoding's row counts). Thread-safe: the app builds it in the background while
+    a request may need it."""
+    with _NATIVE_LOCK:
+        return _build_native_kernels()
+
+
+@functools.cache
+def _build_native_kernels():
     if os.environ.get(NATIVE_ENV, "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
         return None
     try:

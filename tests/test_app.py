@@ -456,6 +456,19 @@ def test_preload_loads_the_named_checkpoints(settings):
     assert Settings.from_env({"BERTGEN_PRELOAD": " a, b ,"}).preload == ("a", "b")
 
 
+def test_start_up_builds_the_cpu_kernel_in_the_background(settings, monkeypatch):
+    """A CPU app builds bertgen's native kernel while the page loads, not in the first request;
+    a GPU app has no use for it."""
+    import threading
+    built = threading.Event()
+    monkeypatch.setattr(models, "native_kernels", built.set)
+    models.preload(replace(settings, device="cpu", preload=()))
+    assert built.wait(10)
+    built.clear()
+    models.preload(replace(settings, device="cuda", preload=()))
+    assert not built.wait(0.5)
+
+
 def test_closing_a_stream_stops_its_decoding_thread(settings):
     job = inference.prepare("sentence-fusion", "local:tiny-fusion", FUSION_TEXT,
                             fusion_values(settings, strategy="greedy", max_new_tokens=16), settings)

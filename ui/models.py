@@ -24,7 +24,7 @@ import torch
 from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
-from bertgen.kernels import packed_copies, packed_weights
+from bertgen.kernels import native_kernels, packed_copies, packed_weights
 from bertgen.pipeline import pipeline, precision_args
 
 from .settings import Settings
@@ -271,7 +271,11 @@ _CACHE: ModelCache | None = None
 
 def preload(settings: Settings) -> None:
     """Loads settings.preload now. On ZeroGPU, models must reach CUDA at start-up, outside
-    @spaces.GPU calls; elsewhere this only trades start-up time for a faster first request."""
+    @spaces.GPU calls; elsewhere this only trades start-up time for a faster first request.
+    Models that will run on CPU also get bertgen's native kernel built, in the background: on
+    a new machine that compile takes ~30 s, which the first request would otherwise wait for."""
+    if not settings.device.startswith(("cuda", "mps")) and not (settings.device == "auto" and torch.cuda.is_available()):
+        threading.Thread(target=native_kernels, name="bertgen-kernel-build", daemon=True).start()
     for value in settings.preload:
         cache(settings).get(resolve(value, settings), settings.device, settings.dtype)
 
