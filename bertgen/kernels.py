@@ -178,7 +178,7 @@ def _build_native_kernels():
                                     extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
         gen = torch.Generator().manual_seed(0)
         w, b, x = torch.randn(70, 33, generator=gen), torch.randn(70, generator=gen), torch.randn(7, 33, generator=gen)
-        if not torch.allclose(module.linear(x, module.pack(w), b, 70), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
+        if not torch.allclose(module.linear(x, module.pack(w), b, 70, 0), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
             raise RuntimeError("its self-check against F.linear failed")
         return module
     except Exception as error:  # no compiler, no headers, a read-only cache: decode with oneDNN
@@ -242,9 +242,15 @@ class PanelWeight:
     def to_dense(self) -> Tensor:
         return self.native.unpack(self.panels, self.shape[0])
 
-    def linear(self, x: Tensor, bias: Tensor | None) -> Tensor:
-        """x [rows, in] @ weight.T + bias."""
-        return self.native.linear(x.contiguous(), self.panels, bias, self.shape[0])
+    def linear(self, x: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
+        """activation(x [rows, in] @ weight.T + bias); activation a key of `PANEL_ACTIVATIONS`."""
+        return self.native.linear(x.contiguous(), self.panels, bias, self.shape[0], PANEL_ACTIVATIONS[activation])
+
+
+# Activations the panel kernel computes as it stores its results (its codes): a second pass
+# over the output costs more (large model: GELU apart ~2 ms of a ~50 ms greedy step). Its GELU
+# is erf's Abramowitz-Stegun form, as torch's own vectorized GELU (within 1e-6 of it, tested).
+PANEL_ACTIVATIONS = {None: 0, "gelu": 1, "relu": 2}
 
 
 @functools.cache
@@ -263,7 +269,7 @@ MIN_PACKED_ROWS = 4
 def packed_linear(x: Tensor, packed: Tensor | PanelWeight, bias: Tensor | None,
                   activation: str | None = None) -> Tensor:
     """x [..., in] @ weight.T + bias for a weight packed by `_pack`, then `activation` (a key of
-    `_POST_OPS`: fused into oneDNN's call, applied after the panel kernel's)."""
+    `_POST_OPS`), fused into the matrix call where the kernel has it."""
     if x.dtype != packed.dtype:  # oneDNN would fail with an unhelpful message
         raise TypeError(f"packed {packed.dtype} weights, input is {x.dtype}")
     out_features, in_features = packed.shape
@@ -272,9 +278,10 @@ def packed_linear(x: Tensor, packed: Tensor | PanelWeight, bias: Tensor | None,
     post_op = ("none", [], "") if activation is None else _POST_OPS.get(activation)
     if post_op is None:  # silently skipping it would return wrong values
         raise ValueError(f"packed layers fuse {', '.join(_POST_OPS)}, not {activation!r}")
-    if type(packed) is PanelWeight:  # any row count as it is; the activation after
-        out = packed.linear(flat, bias)
-        out = out if activation is None else ACT_FNS[activation](out)
+    if type(packed) is PanelWeight:  # any row count as it is
+        fused = activation in PANEL_ACTIVATIONS
+        out = packed.linear(flat, bias, activation if fused else None)
+        out = out if fused else ACT_FNS[activation](out)
     else:
         if rows < MIN_PACKED_ROWS:
             flat = torch.cat([flat, constant_zeros((MIN_PACKED_ROWS - rows, in_features), flat.dtype, flat.device)])

@@ -466,13 +466,27 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
         x = torch.randn(rows, in_f, generator=g)
         for bias in (b, None):
             expected = F.linear(x.double(), w.double(), None if bias is None else bias.double()).float()
-            torch.testing.assert_close(native.linear(x, panels, bias, out_f), expected, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(native.linear(x, panels, bias, out_f, 0), expected, rtol=1e-5, atol=1e-4)
         if rows:  # each row on its own: its result is bit-identical whatever the batch
-            assert torch.equal(native.linear(x[-1:], panels, b, out_f), native.linear(x, panels, b, out_f)[-1:])
+            assert torch.equal(native.linear(x[-1:], panels, b, out_f, 1), native.linear(x, panels, b, out_f, 1)[-1:])
     with pytest.raises(RuntimeError, match="does not fit the packed weight"):
-        native.linear(torch.randn(2, in_f + 1), panels, b, out_f)
+        native.linear(torch.randn(2, in_f + 1), panels, b, out_f, 0)
     with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
-        native.linear(torch.randn(2, in_f).double(), panels, b, out_f)
+        native.linear(torch.randn(2, in_f).double(), panels, b, out_f, 0)
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+def test_native_kernel_fused_activations_match_torch():
+    """GELU (erf) and ReLU computed as the kernel stores: against torch's own, over the range
+    where erf bends and far into both tails (an identity weight passes x through)."""
+    native = kernels.native_kernels()
+    x = torch.cat([torch.linspace(-12, 12, 4801), torch.tensor([-100.0, -30.0, -1e-6, 0.0, 1e-6, 30.0, 100.0])])
+    x = F.pad(x, (0, -x.numel() % 64)).reshape(-1, 64)
+    panels = native.pack(torch.eye(64))
+    torch.testing.assert_close(native.linear(x, panels, None, 64, 1), F.gelu(x), rtol=0, atol=2e-6)
+    torch.testing.assert_close(native.linear(x, panels, None, 64, 2), F.relu(x), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        native.linear(x, panels, None, 64, 3)
 
 
 def test_native_kernel_failure_falls_back_with_a_warning(monkeypatch):
