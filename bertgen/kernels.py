@@ -146,8 +146,6 @@ def _pack(weight: Tensor, native: bool = True) -> Tensor | PanelWeight:
 NATIVE_ENV = "BERTGEN_NATIVE_KERNELS"  # "0": never build or use them
 _NATIVE_SOURCE = Path(__file__).resolve().parent / "csrc" / "panel_linear.cpp"
 _NATIVE_NAME = "bertgen_panel_linear"
-
-
 _NATIVE_LOCK = threading.Lock()
 
 

@@ -45,4 +45,3 @@ def test_generation_benchmark_runs_in_another_dtype_and_refuses_a_missing_gpu(tm
         done = subprocess.run([*command, "--device", "cuda"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and "sees no CUDA device" in done.stderr and "Traceback" not in done.stderr
-

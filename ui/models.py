@@ -25,7 +25,7 @@ from bertgen import tasks
 from bertgen.checkpoints import CheckpointError
 from bertgen.config import ConfigError, load_config
 from bertgen.kernels import native_kernels, packed_copies, packed_weights
-from bertgen.pipeline import pipeline, precision_args
+from bertgen.pipeline import default_device, pipeline, precision_args
 
 from .settings import Settings
 
@@ -131,9 +131,7 @@ def is_hub_id(value: str) -> bool:
 # Devices
 # ----------------------------------------------------------------------------------------
 def pick_device(name: str = "auto") -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return default_device() if name == "auto" else name
 
 
 INT8 = "int8"  # dynamic quantization of the linear layers (bertgen.pipeline): CPU only, ~3-5x faster
@@ -274,7 +272,7 @@ def preload(settings: Settings) -> None:
     @spaces.GPU calls; elsewhere this only trades start-up time for a faster first request.
     Models that will run on CPU also get bertgen's native kernel built, in the background: on
     a new machine that compile takes ~30 s, which the first request would otherwise wait for."""
-    if not settings.device.startswith(("cuda", "mps")) and not (settings.device == "auto" and torch.cuda.is_available()):
+    if pick_device(settings.device) == "cpu":
         threading.Thread(target=native_kernels, name="bertgen-kernel-build", daemon=True).start()
     for value in settings.preload:
         cache(settings).get(resolve(value, settings), settings.device, settings.dtype)
