@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoints import generation_defaults
-from .kernels import constant_zeros, linear
+from .kernels import PANEL_ACTIVATIONS, PackedLinear, PanelWeight, constant_zeros, linear
 from .modeling import CrossAttentionCache, EncoderDecoderModel, SelfAttentionCache
 
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -330,10 +330,45 @@ def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
     return torch.bmm(probs.view(b * h, t, s), v.reshape(b * h, s, d)).view(b, h, t, d), probs
 
 
+def native_decoder(model: EncoderDecoderModel):
+    """The decoder stack's step as one call of the native kernels (`DecoderStep` in
+    bertgen/csrc/decoder_step.cpp), or None (then `decode_step` runs it layer by layer). It
+    needs every matrix of the stack in panels (`prepare_model` on an AVX-512 CPU) and a
+    feed-forward activation the panel kernel computes. Made once per `generate` call: the
+    weights it holds are those of the moment."""
+    config, layers = model.config.decoder, []
+    activation = PANEL_ACTIVATIONS.get(config.hidden_act)
+    if activation is None:
+        return None
+    for layer in model.decoder.bert.encoder.layer:
+        sa, ca = layer.attention, layer.crossattention
+        matrices = (getattr(sa.self, "qkv", None), sa.output.dense, ca.self.query, ca.output.dense,
+                    layer.intermediate.dense, layer.output.dense)
+        if not all(isinstance(m, PackedLinear) and type(m.packed) is PanelWeight and m.bias is not None
+                   for m in matrices):
+            return None
+        norms = (sa.output.LayerNorm, ca.output.LayerNorm, layer.output.LayerNorm)
+        if any(n.weight is None or n.bias is None or n.eps != config.layer_norm_eps for n in norms):
+            return None
+        (qkv, self_out, query, cross_out, ffn_in, ffn_out), (n1, n2, n3) = matrices, norms
+        layers.append([t.detach() for t in (qkv.packed.panels, qkv.bias, self_out.packed.panels, self_out.bias,
+                                            n1.weight, n1.bias, query.packed.panels, query.bias,
+                                            cross_out.packed.panels, cross_out.bias, n2.weight, n2.bias,
+                                            ffn_in.packed.panels, ffn_in.bias, ffn_out.packed.panels, ffn_out.bias,
+                                            n3.weight, n3.bias)])
+    if not layers:
+        return None
+    native = model.decoder.bert.encoder.layer[0].attention.output.dense.packed.native
+    return native.DecoderStep(layers, config.hidden_size, config.intermediate_size, config.num_attention_heads,
+                              activation, config.layer_norm_eps)
+
+
 def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttentionCache,
-                cross: CrossAttentionCache, need_weights: bool = False):
+                cross: CrossAttentionCache, need_weights: bool = False, native=None):
     """Logits for one new token per row: `EncoderDecoderModel.decode_step` specialised for
     inference (same weights and math, no dropout, fewer dispatches; tested equal to it).
+    `native` (`native_decoder(model)`): runs the stack in one native call when the caches
+    are float32 as the kernel needs.
 
     Returns (logits [rows, vocab], self-attention probabilities per layer [rows, heads, t+1],
     cross-attention probabilities per layer [rows, heads, src]); the lists are empty unless
@@ -344,6 +379,14 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
     if pos >= emb.position_embeddings.num_embeddings:
         raise ValueError(f"decoder ran past its {emb.position_embeddings.num_embeddings} positions")
     x = emb.LayerNorm(emb.word_embeddings(tokens[:, 0]) + emb.position_embeddings.weight[pos])
+    if native is not None and cache.keys[0].dtype == cross.keys[0].dtype == x.dtype == torch.float32:
+        if pos >= cache.capacity:
+            raise ValueError(f"self-attention cache full: {pos + 1} positions > capacity {cache.capacity}")
+        mask = None if cross.mask is None else cross.mask.reshape(cross.mask.shape[0], -1)
+        x, self_probs, cross_probs = native(x, cache.keys, cache.values, pos, cross.keys, cross.values, mask,
+                                            group, need_weights)
+        cache.advance(1)
+        return model.decoder.lm_head(x), self_probs, cross_probs
     self_probs, cross_probs = [], []
     for i, layer in enumerate(dec.encoder.layer):
         sa, ca = layer.attention, layer.crossattention
@@ -413,7 +456,7 @@ def _generator(s: GenerationSettings, device) -> torch.Generator | None:
     return torch.Generator(device=device).manual_seed(s.seed)
 
 
-def _sample_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record: _Recorder | None):
+def _sample_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record: _Recorder | None, native=None):
     """Greedy decoding or multinomial sampling; yields input 0's tokens so far after each step."""
     n_inputs, device = enc_hidden.shape[0], enc_hidden.device
     group = s.num_return_sequences if s.do_sample else 1
@@ -431,7 +474,7 @@ def _sample_loop(model, enc_hidden, attention_mask, s: GenerationSettings, recor
     live = torch.arange(rows, device=device)         # their rows
     tokens = seqs[:, :1]
     for step in range(steps):
-        logits, self_probs, cross_probs = decode_step(model, tokens, cache, cross, record is not None)
+        logits, self_probs, cross_probs = decode_step(model, tokens, cache, cross, record is not None, native)
         if record is not None:
             record.add(active, self_probs, cross_probs)
         scores = process_scores(s, seqs[live, :step + 1], logits.float(), eos)
@@ -464,7 +507,7 @@ def _sample_loop(model, enc_hidden, attention_mask, s: GenerationSettings, recor
     return _finish(seqs[:, :longest + 1], logprobs.sum(1), logprobs[:, :longest], lengths, paths, group, record)
 
 
-def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record: _Recorder | None):
+def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record: _Recorder | None, native=None):
     """transformers 5's vectorised beam search (and beam sampling), same scores and tie-breaks.
 
     State is [inputs, beams, ...]; each step keeps the best 2 * beams candidates, the best
@@ -502,7 +545,7 @@ def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record:
     tokens = run_seq[:, :, 0].reshape(-1, 1)
     cur_len = 1
     while True:
-        logits, self_probs, cross_probs = decode_step(model, tokens, cache, cross, record is not None)
+        logits, self_probs, cross_probs = decode_step(model, tokens, cache, cross, record is not None, native)
         if record is not None:
             record.add(active, self_probs, cross_probs)
         a = len(active)
@@ -624,7 +667,8 @@ def _loop(model, input_ids, attention_mask, settings, output_cross_attentions, o
         settings.num_return_sequences if settings.do_sample else 1)
     record = _Recorder(input_ids.shape[0], group, self_attention=output_attentions) if capture else None
     loop = _beam_loop if settings.num_beams > 1 else _sample_loop
-    out = yield from loop(model, enc.last_hidden_state, attention_mask, settings, record)
+    native = native_decoder(model) if device.type == "cpu" else None
+    out = yield from loop(model, enc.last_hidden_state, attention_mask, settings, record, native)
     keep = attention_mask.bool()
     out.num_return_sequences, out.input_lengths, out.settings = (settings.num_return_sequences,
                                                                  keep.sum(1), settings)

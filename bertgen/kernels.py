@@ -144,7 +144,7 @@ def _pack(weight: Tensor, native: bool = True) -> Tensor | PanelWeight:
 # Native panel kernels (bertgen/csrc/panel_linear.cpp)
 # ----------------------------------------------------------------------------------------
 NATIVE_ENV = "BERTGEN_NATIVE_KERNELS"  # "0": never build or use them
-_NATIVE_SOURCE = Path(__file__).resolve().parent / "csrc" / "panel_linear.cpp"
+_NATIVE_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("panel_linear.cpp", "decoder_step.cpp")]
 _NATIVE_NAME = "bertgen_panel_linear"
 _NATIVE_LOCK = threading.Lock()
 
@@ -172,7 +172,7 @@ def _build_native_kernels():
         _drop_stale_lock(build / "lock")
         if not any(build.glob("*.so")):
             print("bertgen: compiling its CPU matrix kernel (once per machine, ~30 s)", file=sys.stderr, flush=True)
-        module = cpp_extension.load(_NATIVE_NAME, [str(_NATIVE_SOURCE)], build_directory=str(build), verbose=False,
+        module = cpp_extension.load(_NATIVE_NAME, [str(p) for p in _NATIVE_SOURCES], build_directory=str(build), verbose=False,
                                     extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
         gen = torch.Generator().manual_seed(0)
         w, b, x = torch.randn(70, 33, generator=gen), torch.randn(70, generator=gen), torch.randn(7, 33, generator=gen)
@@ -217,6 +217,9 @@ def _find_ninja() -> None:
             pass  # torch's own error then says that ninja is missing
 
 
+PANEL_WIDTH = 64  # outputs per panel (kPanel in panel_linear.cpp)
+
+
 class PanelWeight:
     """A weight [out, in] in the native kernel's layout: panels of 64 outputs, each [in, 64]
     (zeros past `out`), so one row's product streams each panel front to back. It answers
@@ -239,6 +242,18 @@ class PanelWeight:
 
     def to_dense(self) -> Tensor:
         return self.native.unpack(self.panels, self.shape[0])
+
+    def rows(self, index: Tensor) -> Tensor:
+        """weight[index] ([*index.shape, in]), gathered from the panels: an embedding lookup
+        from a tied LM head's panels (`PanelEmbedding`) needs no plain copy of the table."""
+        return self.panels[torch.div(index, PANEL_WIDTH, rounding_mode="floor"), :, index % PANEL_WIDTH]
+
+    def load_(self, weight: Tensor) -> None:
+        """Packs `weight` (same shape) into these panels in place, so whoever shares them (a
+        tied head and embedding lookup) sees the new values."""
+        if tuple(weight.shape) != tuple(self.shape):
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for panels of {tuple(self.shape)}")
+        self.panels.copy_(self.native.pack(weight.detach().to(self.dtype).contiguous()))
 
     def linear(self, x: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
         """activation(x [rows, in] @ weight.T + bias); activation a key of `PANEL_ACTIVATIONS`."""
@@ -310,18 +325,21 @@ class PackedLinear(nn.Module):
         self.packed = _pack(linear.weight, native)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
-    def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
-        """x @ weight.T + bias, then `activation` (a key of `_POST_OPS`) fused into the call."""
+    def forward(self, x: Tensor, activation: str | None = None, bias: Tensor | None = None) -> Tensor:
+        """x @ weight.T + bias, then `activation` (a key of `_POST_OPS`) fused into the call.
+        `bias`: one kept apart, for a layer without its own (the LM head's)."""
         if x.requires_grad and torch.is_grad_enabled():  # the op has no backward: gradients would be wrong
             raise RuntimeError("this model's linear layers are packed for inference (prepare_model / pipeline): "
                                "run it under torch.no_grad() or torch.inference_mode(), or "
                                "bertgen.kernels.unpack_linears(model) to train it")
-        return packed_linear(x, self.packed, self.bias, activation)
+        return packed_linear(x, self.packed, self.bias if bias is None else bias, activation)
 
-    def unpacked(self) -> nn.Linear:
+    def unpacked(self, dense: dict | None = None) -> nn.Linear:
+        """An nn.Linear with this weight; `dense` (id of a packed weight -> its Parameter) gives
+        modules that shared packed weights one Parameter again (`unpack_linears`)."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device="meta", dtype=self.packed.dtype)
-        linear.weight = nn.Parameter(self.packed.to_dense())
+        linear.weight = _dense_parameter(self.packed, dense)
         if self.bias is not None:
             linear.bias = nn.Parameter(self.bias.detach().clone())
         return linear
@@ -338,8 +356,10 @@ class PackedLinear(nn.Module):
             if tuple(weight.shape) != (self.out_features, self.in_features):
                 error_msgs.append(f"size mismatch for {key}: {tuple(weight.shape)} in the state dict, "
                                   f"{(self.out_features, self.in_features)} in the model")
+            elif type(self.packed) is PanelWeight:  # in place: an embedding lookup may share the panels
+                self.packed.load_(weight)
             else:
-                self.packed = _pack(weight.to(self.packed.dtype), native=type(self.packed) is PanelWeight)
+                self.packed = _pack(weight.to(self.packed.dtype), native=False)
             state_dict = {k: v for k, v in state_dict.items() if k != key}
         else:
             missing_keys.append(key)
@@ -358,6 +378,74 @@ class PackedLinear(nn.Module):
         layout = "panels" if type(self.packed) is PanelWeight else "onednn"
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias is not None}, dtype={self.packed.dtype}, layout={layout}"
+
+
+def _dense_parameter(packed: Tensor | PanelWeight, dense: dict | None) -> nn.Parameter:
+    dense = {} if dense is None else dense
+    if id(packed) not in dense:
+        dense[id(packed)] = nn.Parameter(packed.to_dense())
+    return dense[id(packed)]
+
+
+class PanelEmbedding(nn.Module):
+    """An nn.Embedding for CPU inference whose table is the panels of the LM head tied to it
+    (`share_panels`): rows are gathered from the panels (`PanelWeight.rows`), so the head reads
+    its weight in the kernel's layout while no plain copy of the table is kept (a packed copy
+    beside the plain table costs its size again: 206 MB for a 50358 x 1024 head). Inference
+    only, like PackedLinear; `state_dict()` holds a plain `weight`; `unpack_linears` gives the
+    tied nn.Embedding and nn.Linear back."""
+
+    def __init__(self, embedding: nn.Embedding, packed: PanelWeight):
+        super().__init__()
+        if tuple(packed.shape) != tuple(embedding.weight.shape):
+            raise ValueError(f"panels of {tuple(packed.shape)} for an embedding of {tuple(embedding.weight.shape)}")
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx, self.packed = embedding.padding_idx, packed
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        if input_ids.numel() and not (0 <= int(input_ids.min()) and int(input_ids.max()) < self.num_embeddings):
+            raise IndexError(f"token ids must lie in [0, {self.num_embeddings})")
+        return self.packed.rows(input_ids)
+
+    def unpacked(self, dense: dict | None = None) -> nn.Embedding:
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                                 device="meta", dtype=self.packed.dtype)
+        embedding.weight = _dense_parameter(self.packed, dense)
+        return embedding
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.packed.to_dense()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+        elif tuple(state_dict[key].shape) != tuple(self.packed.shape):
+            error_msgs.append(f"size mismatch for {key}: {tuple(state_dict[key].shape)} in the state dict, "
+                              f"{tuple(self.packed.shape)} in the model")
+        else:
+            self.packed.load_(state_dict[key])
+
+    _apply = PackedLinear._apply
+    __deepcopy__ = PackedLinear.__deepcopy__
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, layout=panels " \
+               f"(shared with the LM head)"
+
+
+def share_panels(embedding: nn.Embedding, head: nn.Linear) -> tuple[PanelEmbedding, PackedLinear] | None:
+    """A tied embedding lookup and LM head (one Parameter) as one set of panels shared by a
+    `PanelEmbedding` and a `PackedLinear`; None (nothing to do) unless the weight is tied,
+    fp32 on CPU and the native kernels are built (oneDNN's opaque layout cannot be gathered)."""
+    weight = embedding.weight
+    if head.weight is not weight or weight.dtype != torch.float32 or weight.device.type != "cpu":
+        return None
+    if native_kernels() is None:
+        return None
+    packed_head = PackedLinear(head)
+    return PanelEmbedding(embedding, packed_head.packed), packed_head
 
 
 # A weight that must also stay plain (an LM head tied to the embedding lookup) can get a packed
@@ -423,11 +511,14 @@ def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:
 
 
 def unpack_linears(model: nn.Module) -> int:
-    """Undoes `pack_linears`: plain nn.Linear layers again (trainable, movable); packed copies
-    (`PackedCopy`) are dropped too."""
+    """Undoes `pack_linears` and `share_panels`: plain nn.Linear and nn.Embedding layers again
+    (trainable, movable), a head and lookup that shared panels tied to one Parameter again;
+    packed copies (`PackedCopy`) are dropped too. Returns how many modules were unpacked."""
     for module in _holding_packed_copy(model):
         module.packed_copy = None
-    return _replace_modules(model, lambda m: isinstance(m, PackedLinear), PackedLinear.unpacked)
+    dense = {}
+    return _replace_modules(model, lambda m: isinstance(m, (PackedLinear, PanelEmbedding)),
+                            lambda m: m.unpacked(dense))
 
 
 def _replace_modules(model: nn.Module, select, convert, skip: set[int] = frozenset()) -> int:

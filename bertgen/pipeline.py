@@ -65,10 +65,12 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     native panel kernel's (`kernels.native_kernels`, compiled on first use), otherwise
     oneDNN's blocked layout. Against plain weights a large model's beams and batches decode
     1.1-1.5x faster with oneDNN's layout, and the panels are another 1.0-1.65x faster
-    (greedy and small models gain most; pack=False keeps the plain weights). An LM head at most
-    `kernels.PACKED_COPY_MAX_WIDTH` (512) wide also gets a packed copy of its weight, which
-    stays plain for the embedding lookup: the head's size again in memory (47 MB for a
-    30522 x 384 head) for a 1.2-1.55x faster head at one row, ~8% off a small model's greedy step
+    (greedy and small models gain most; pack=False keeps the plain weights). The LM head and
+    the embedding lookup tied to it share one copy of their weight as panels
+    (`BertGenerationDecoder.share_head_panels`): the head reads the kernel's layout at no
+    memory cost. Without the panel kernel, an LM head at most `kernels.PACKED_COPY_MAX_WIDTH`
+    (512) wide gets a packed copy of its weight beside the plain one: the head's size again in
+    memory (47 MB for a 30522 x 384 head) for a 1.2-1.55x faster head at one row
     (`model.decoder.lm_head.pack_copy(False)` drops it). A packed model still saves;
     `kernels.unpack_linears` makes it trainable and movable again (and
     `model.fuse_projections(False)` gives back the separate query/key/value layers)."""
@@ -94,7 +96,8 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     if pack and device.type == "cpu":  # the LM head shares its weight with the embedding lookup
         kernels.pack_linears(model, exclude=(model.decoder.lm_head,))
         head = model.decoder.lm_head
-        if isinstance(head, LMHead) and kernels.worth_packed_copy(head.decoder.weight):
+        if not model.decoder.share_head_panels() and isinstance(head, LMHead) \
+                and kernels.worth_packed_copy(head.decoder.weight):
             head.pack_copy()
     return model
 

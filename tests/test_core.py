@@ -489,6 +489,52 @@ def test_native_kernel_fused_activations_match_torch():
         native.linear(x, panels, None, 64, 3)
 
 
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+def test_native_panels_start_on_a_2mb_boundary():
+    """Weights of 4 MB and more are packed into 2 MB-aligned memory advised for huge pages
+    (fewer page walks while a step streams them); smaller ones need no alignment."""
+    native = kernels.native_kernels()
+    w = torch.randn(1024, 1024)
+    panels = native.pack(w)
+    assert panels.data_ptr() % (2 << 20) == 0 and panels.is_contiguous()
+    assert torch.equal(native.unpack(panels, 1024), w)
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+def test_tied_lookup_and_head_share_one_set_of_panels():
+    import copy
+
+    from bertgen.kernels import PackedLinear, PanelEmbedding, share_panels, unpack_linears
+    g = torch.Generator().manual_seed(0)
+    embedding, head = torch.nn.Embedding(300, 32, padding_idx=0), torch.nn.Linear(32, 300, bias=False)
+    torch.nn.init.normal_(embedding.weight, generator=g)
+    head.weight = embedding.weight
+    weight = embedding.weight.detach().clone()
+    assert share_panels(embedding, torch.nn.Linear(32, 300, bias=False)) is None  # untied: nothing to share
+    lookup, packed = share_panels(embedding, head)
+    assert isinstance(lookup, PanelEmbedding) and isinstance(packed, PackedLinear) and lookup.packed is packed.packed
+    ids = torch.tensor([[0, 1, 63, 64], [200, 255, 256, 299]])  # 299: in the last, partial panel
+    x, bias = torch.randn(3, 32, generator=g), torch.randn(300, generator=g)
+    with torch.inference_mode():
+        assert torch.equal(lookup(ids), weight[ids]) and torch.equal(lookup(ids[0, 1]), weight[1])
+        torch.testing.assert_close(packed(x, bias=bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+        for bad in (300, -1):  # the panels' zero padding past 299 must not answer silently
+            with pytest.raises(IndexError, match=r"\[0, 300\)"):
+                lookup(torch.tensor([5, bad]))
+    assert torch.equal(lookup.state_dict()["weight"], weight)  # saves a plain table
+    lookup.load_state_dict({"weight": weight * 2})  # loaded in place: the head sees it too
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), F.linear(x, weight * 2), rtol=1e-5, atol=1e-4)
+    with pytest.raises(TypeError, match="unpack_linears"):
+        copy.deepcopy(lookup)
+    with pytest.raises(RuntimeError, match="unpack_linears"):
+        lookup.double()
+    model = torch.nn.ModuleDict({"lookup": lookup, "head": packed})
+    assert unpack_linears(model) == 2
+    assert type(model.lookup) is torch.nn.Embedding and model.lookup.padding_idx == 0
+    assert model.head.weight is model.lookup.weight and torch.equal(model.lookup.weight, weight * 2)  # tied again
+
+
 def test_native_kernel_failure_falls_back_with_a_warning(monkeypatch):
     """No compiler, headers or writable cache: a warning that says why, and oneDNN's layout."""
     from torch.utils import cpp_extension

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import bertgen
+from bertgen import kernels
 from bertgen.generation import GenerationSettings, generate, resolve_settings, stream
 from bertgen.modeling import Layer
 from bertgen.pipeline import pipeline, prepare_model
@@ -485,20 +486,24 @@ def test_half_precision_cache(untied, kw, monkeypatch):
 
 
 def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
-    from bertgen.kernels import PackedLinear, packable, packed_copies
+    from bertgen.kernels import PackedLinear, PanelEmbedding, native_kernels, packable, packed_copies
     hf, bg, eos, folder = pair
     model = prepare_model(bertgen.load(folder), device="cpu")
     packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
     self_attention = {id(m.attention.self) for m in model.modules() if isinstance(m, Layer)}
     assert all(layer.attention.self.fused and not layer.crossattention.self.fused
                for layer in model.decoder.bert.encoder.layer)  # query/key/value: one matrix
-    assert len(packed) == (0 if not packable(torch.ones(1)) else  # all but the LM head; qkv once
-                           sum(type(m) is torch.nn.Linear for m in bg.modules()) - 1 - 2 * len(self_attention))
+    shared = packable(torch.ones(1)) and native_kernels() is not None  # the head's panels serve the lookup
+    assert len(packed) == (0 if not packable(torch.ones(1)) else  # qkv once; the LM head if shared
+                           sum(type(m) is torch.nn.Linear for m in bg.modules()) - (not shared) - 2 * len(self_attention))
     assert model.num_parameters() == bg.num_parameters()  # the Models tab shows this
-    head = model.decoder.lm_head.decoder
-    assert type(head) is torch.nn.Linear and head.weight is model.decoder.bert.embeddings.word_embeddings.weight
-    # the tied weight stays plain for the lookup; a narrow head also gets a packed copy
-    assert (model.decoder.lm_head.packed_copy is not None) == packable(torch.ones(1))
+    head, lookup = model.decoder.lm_head.decoder, model.decoder.bert.embeddings.word_embeddings
+    if shared:  # one set of panels, no plain copy and no packed copy
+        assert isinstance(lookup, PanelEmbedding) and lookup.packed is head.packed
+        assert model.decoder.lm_head.packed_copy is None and not packed_copies(model)
+    else:  # the tied weight stays plain for the lookup; a narrow head also gets a packed copy
+        assert type(head) is torch.nn.Linear and head.weight is lookup.weight
+        assert (model.decoder.lm_head.packed_copy is not None) == packable(torch.ones(1))
     if bg.config.tie_encoder_decoder:
         assert model.decoder.bert.encoder.layer[1].attention is model.encoder.encoder.layer[1].attention
     ids, mask = ragged_batch()
@@ -520,7 +525,39 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     with torch.inference_mode():
         assert torch.equal(generate(model, ids, mask, settings).sequences, ref.sequences)
     prepare_model(model, quantize="int8")  # and so does quantizing it
-    assert not any(isinstance(m, PackedLinear) for m in model.modules()) and not packed_copies(model)
+    assert not any(isinstance(m, (PackedLinear, PanelEmbedding)) for m in model.modules()) and not packed_copies(model)
+    assert type(model.decoder.bert.embeddings.word_embeddings) is torch.nn.Embedding  # plain again
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+def test_native_decoder_step_equals_the_python_step(pair, monkeypatch):
+    """The decoder stack in one native call (`native_decoder`) against the layer-by-layer step
+    on the same prepared model: ragged inputs (a cross mask), beams and samples sharing their
+    input's cross cache, attention capture."""
+    from bertgen import generation
+    hf, bg, eos, folder = pair
+    model = prepare_model(bertgen.load(folder), device="cpu")
+    assert generation.native_decoder(model) is not None and generation.native_decoder(bg) is None  # bg: plain
+    ids, mask = ragged_batch()
+    for kw in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=2, seed=5)):
+        settings = resolve_settings(bg, max_new_tokens=10, **kw)
+        fast = generate(model, ids, mask, settings, output_attentions=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(generation, "native_decoder", lambda model: None)
+            slow = generate(model, ids, mask, settings, output_attentions=True)
+        assert torch.equal(fast.sequences, slow.sequences)
+        torch.testing.assert_close(fast.sequence_scores, slow.sequence_scores, atol=1e-5, rtol=0)
+        for a, b in zip(fast.cross_attentions + fast.decoder_attentions, slow.cross_attentions + slow.decoder_attentions):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    native = kernels.native_kernels()
+    with pytest.raises(RuntimeError, match="a layer needs 18 tensors, got 2"):
+        native.DecoderStep([[torch.ones(1), torch.ones(1)]], 32, 64, 4, 1, 1e-12)
+    step, x = generation.native_decoder(model), torch.zeros(2, 32)
+    cache, cross = model.new_cache(2, 4), model.cross_cache(torch.zeros(1, 3, 32), None, group=2)
+    with pytest.raises(RuntimeError, match="self-attention cache full"):
+        step(x, cache.keys, cache.values, 4, cross.keys, cross.values, None, 2, False)
+    with pytest.raises(RuntimeError, match="rows are not groups of 3"):
+        step(x, cache.keys, cache.values, 0, cross.keys, cross.values, None, 3, False)
 
 
 def test_int8_quantization_keeps_tied_embeddings(untied):
