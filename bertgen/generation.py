@@ -367,8 +367,8 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
                 cross: CrossAttentionCache, need_weights: bool = False, native=None):
     """Logits for one new token per row: `EncoderDecoderModel.decode_step` specialised for
     inference (same weights and math, no dropout, fewer dispatches; tested equal to it).
-    `native` (`native_decoder(model)`): runs the stack in one native call when the caches
-    are float32 as the kernel needs.
+    `native` (`native_decoder(model)`): runs the stack in one native call (fp32 models; caches
+    in float32, bfloat16 or float16).
 
     Returns (logits [rows, vocab], self-attention probabilities per layer [rows, heads, t+1],
     cross-attention probabilities per layer [rows, heads, src]); the lists are empty unless
@@ -379,7 +379,7 @@ def decode_step(model: EncoderDecoderModel, tokens: Tensor, cache: SelfAttention
     if pos >= emb.position_embeddings.num_embeddings:
         raise ValueError(f"decoder ran past its {emb.position_embeddings.num_embeddings} positions")
     x = emb.LayerNorm(emb.word_embeddings(tokens[:, 0]) + emb.position_embeddings.weight[pos])
-    if native is not None and cache.keys[0].dtype == cross.keys[0].dtype == x.dtype == torch.float32:
+    if native is not None and x.dtype == torch.float32 and cache.keys[0].dtype == cross.keys[0].dtype:
         if pos >= cache.capacity:
             raise ValueError(f"self-attention cache full: {pos + 1} positions > capacity {cache.capacity}")
         mask = None if cross.mask is None else cross.mask.reshape(cross.mask.shape[0], -1)

@@ -539,7 +539,8 @@ def test_native_decoder_step_equals_the_python_step(pair, monkeypatch):
     model = prepare_model(bertgen.load(folder), device="cpu")
     assert generation.native_decoder(model) is not None and generation.native_decoder(bg) is None  # bg: plain
     ids, mask = ragged_batch()
-    for kw in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=2, seed=5)):
+    for kw in (dict(), dict(num_beams=3, num_return_sequences=2), dict(do_sample=True, num_return_sequences=2, seed=5),
+               dict(num_beams=2, cache_dtype="bfloat16"), dict(cache_dtype="float16")):
         settings = resolve_settings(bg, max_new_tokens=10, **kw)
         fast = generate(model, ids, mask, settings, output_attentions=True)
         with monkeypatch.context() as patch:

@@ -37,8 +37,8 @@ struct Layer {
   Norm ffn_norm;
 };
 
-bool is_float_cpu(const torch::Tensor& t) {
-  return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous();
+bool is_float_cpu(const torch::Tensor& t, c10::ScalarType dtype = torch::kFloat) {
+  return t.device().is_cpu() && t.scalar_type() == dtype && t.is_contiguous();
 }
 
 Linear make_linear(const torch::Tensor& panels, const torch::Tensor& bias, int64_t in, int64_t out) {
@@ -79,15 +79,17 @@ void add_norm(float* x, const float* y, int64_t rows, int64_t hidden, const Norm
 }
 
 // out [d] = softmax(q . keys[s] * scale + mask[s]) @ values over s < length; the
-// probabilities are left in probs [length].
-void attend(const float* q, const float* keys, const float* values, int64_t length, int64_t d, float scale,
+// probabilities are left in probs [length]. Keys and values: float32, or a half-precision
+// cache (`cache_dtype`) read as float32, as the Python step does.
+template <typename T>
+void attend(const float* q, const T* keys, const T* values, int64_t length, int64_t d, float scale,
             const float* mask, float* probs, float* out) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t s = 0; s < length; ++s) {
-    const float* k = keys + s * d;
+    const T* k = keys + s * d;
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < d; ++j) dot += q[j] * k[j];
+    for (int64_t j = 0; j < d; ++j) dot += q[j] * static_cast<float>(k[j]);
     probs[s] = dot * scale + (mask ? mask[s] : 0.f);
     top = std::max(top, probs[s]);
   }
@@ -97,9 +99,9 @@ void attend(const float* q, const float* keys, const float* values, int64_t leng
   std::fill(out, out + d, 0.f);
   for (int64_t s = 0; s < length; ++s) {
     const float p = probs[s] *= inverse;
-    const float* v = values + s * d;
+    const T* v = values + s * d;
 #pragma omp simd
-    for (int64_t j = 0; j < d; ++j) out[j] += p * v[j];
+    for (int64_t j = 0; j < d; ++j) out[j] += p * static_cast<float>(v[j]);
   }
 }
 
@@ -145,17 +147,20 @@ class DecoderStep {
                     static_cast<int64_t>(cross_values.size()) == layers,
                 "decoder_step: one cache entry per layer needed");
     const int64_t capacity = self_keys[0].size(2), source = cross_keys[0].size(2), inputs = rows / group;
+    const auto cache_dtype = self_keys[0].scalar_type();
+    TORCH_CHECK(cache_dtype == torch::kFloat || cache_dtype == torch::kBFloat16 || cache_dtype == torch::kHalf,
+                "decoder_step: caches must be float32, bfloat16 or float16");
     TORCH_CHECK(position >= 0 && position < capacity, "decoder_step: self-attention cache full (", capacity, ")");
     for (int64_t l = 0; l < layers; ++l) {
       for (const auto* t : {&self_keys[l], &self_values[l]})
-        TORCH_CHECK(is_float_cpu(*t) && t->dim() == 4 && t->size(0) == rows && t->size(1) == heads_ &&
+        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 4 && t->size(0) == rows && t->size(1) == heads_ &&
                         t->size(2) == capacity && t->size(3) == d,
-                    "decoder_step: a self-attention cache is not a contiguous float32 [", rows, ", ", heads_, ", ",
+                    "decoder_step: a self-attention cache is not a contiguous [", rows, ", ", heads_, ", ",
                     capacity, ", ", d, "]");
       for (const auto* t : {&cross_keys[l], &cross_values[l]})
-        TORCH_CHECK(is_float_cpu(*t) && t->dim() == 4 && t->size(0) == inputs && t->size(1) == heads_ &&
+        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 4 && t->size(0) == inputs && t->size(1) == heads_ &&
                         t->size(2) == source && t->size(3) == d,
-                    "decoder_step: a cross-attention cache is not a contiguous float32 [", inputs, ", ", heads_,
+                    "decoder_step: a cross-attention cache is not a contiguous [", inputs, ", ", heads_,
                     ", ", source, ", ", d, "]");
     }
     const float* mask = nullptr;
@@ -164,6 +169,21 @@ class DecoderStep {
                   "decoder_step: the cross mask is not a contiguous float32 [", inputs, ", ", source, "]");
       mask = cross_mask->data_ptr<float>();
     }
+    if (cache_dtype == torch::kBFloat16)
+      return run<c10::BFloat16>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
+    if (cache_dtype == torch::kHalf)
+      return run<c10::Half>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
+    return run<float>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
+  }
+
+ private:
+  template <typename T>
+  std::tuple<torch::Tensor, std::vector<torch::Tensor>, std::vector<torch::Tensor>> run(
+      const torch::Tensor& x_in, const std::vector<torch::Tensor>& self_keys,
+      const std::vector<torch::Tensor>& self_values, int64_t position, const std::vector<torch::Tensor>& cross_keys,
+      const std::vector<torch::Tensor>& cross_values, const float* mask, int64_t group, bool need_weights) const {
+    const int64_t layers = static_cast<int64_t>(layers_.size()), d = hidden_ / heads_, rows = x_in.size(0);
+    const int64_t capacity = self_keys[0].size(2), source = cross_keys[0].size(2);
 
     const auto options = x_in.options();
     auto x = x_in.clone();
@@ -192,16 +212,18 @@ class DecoderStep {
 
       // self-attention: this step's key and value into the cache, then attend over it
       w.qkv(xs, rows, qs);
-      float* keys = self_keys[l].data_ptr<float>();
-      float* values = self_values[l].data_ptr<float>();
+      T* keys = self_keys[l].data_ptr<T>();
+      T* values = self_values[l].data_ptr<T>();
 #pragma omp parallel for schedule(static)
       for (int64_t rh = 0; rh < rows * heads_; ++rh) {
         const int64_t r = rh / heads_, h = rh % heads_;
         const float* q = qs + r * 3 * hidden_ + h * d;
-        float* k = keys + rh * capacity * d;
-        float* v = values + rh * capacity * d;
-        std::copy(q + hidden_, q + hidden_ + d, k + position * d);
-        std::copy(q + 2 * hidden_, q + 2 * hidden_ + d, v + position * d);
+        T* k = keys + rh * capacity * d;
+        T* v = values + rh * capacity * d;
+        for (int64_t j = 0; j < d; ++j) {  // rounded as torch rounds into the cache's dtype
+          k[position * d + j] = static_cast<T>(q[hidden_ + j]);
+          v[position * d + j] = static_cast<T>(q[2 * hidden_ + j]);
+        }
         attend(q, k, v, position + 1, d, scale, nullptr, self_p + rh * self_stride, as + r * hidden_ + h * d);
       }
       w.self_out(as, rows, bs);
@@ -209,8 +231,8 @@ class DecoderStep {
 
       // cross-attention: each row against its input's keys and values
       w.cross_query(xs, rows, as);
-      const float* ck = cross_keys[l].data_ptr<float>();
-      const float* cv = cross_values[l].data_ptr<float>();
+      const T* ck = cross_keys[l].data_ptr<T>();
+      const T* cv = cross_values[l].data_ptr<T>();
 #pragma omp parallel for schedule(static)
       for (int64_t rh = 0; rh < rows * heads_; ++rh) {
         const int64_t r = rh / heads_, h = rh % heads_, input = r / group;
@@ -229,7 +251,6 @@ class DecoderStep {
     return {x, self_probs, cross_probs};
   }
 
- private:
   std::vector<Layer> layers_;
   int64_t hidden_, heads_, activation_;
   float eps_;
