@@ -10,9 +10,11 @@ suppressed with min_new_tokens) it measures:
 - end-to-end new tokens per second (batch x 32 / time for 32 tokens, encoder included);
 - the cost of recording cross-attention (bertgen, `output_cross_attentions=True`);
 - the memory-bandwidth floor: bytes the decoder must read per step (weights, LM head, KV caches)
-  divided by the read bandwidth of a large tensor sum, the best of reads just before and just
-  after the case (this shared host's bandwidth moves between 31 and 67 GB/s within minutes, so
-  one read at the start set the floor of cases run minutes later);
+  divided by the read bandwidth of a large tensor sum (in 2 MB pages, as the native kernel's
+  weights are), the best of reads just before the case, right after each of bertgen's timed
+  runs and just after the case: the step is the best of its repeats, so the bandwidth is the
+  best of reads made among them (this shared host's bandwidth moves between 31 and 67 GB/s
+  within seconds to minutes; reads only around a case set floors below the step);
 - peak RSS during generation, each case in a fresh subprocess (peak reset after the model is
   built, via /proc/self/clear_refs), next to the bytes of the weights;
 - bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
@@ -22,7 +24,8 @@ suppressed with min_new_tokens) it measures:
 bandwidth and the dtype's bytes).
 
 bertgen runs as `bertgen.pipeline` prepares a model for the CPU (`prepare_model`: query/key/value
-stacked into one matrix, linear layers packed in oneDNN's layout); "unprepared" is the same
+stacked into one matrix, linear layers packed in the native kernel's panels or oneDNN's layout,
+the decoder stack run as one native call per step); "unprepared" is the same
 weights as loaded (separate query/key/value, plain layout): what `prepare_model` buys.
 
 Usage:  python benchmarks/bench_generation.py            # full run (~10 min on 2 cores)
@@ -171,17 +174,20 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(runners: dict, repeats: int) -> dict:
+def measure(runners: dict, repeats: int, after_first=None) -> dict:
     """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved; each
-    runner's NEW_TOKENS times in repeat order ("tns") for `paired_cost_pct`."""
+    runner's NEW_TOKENS times in repeat order ("tns") for `paired_cost_pct`. `after_first()`
+    runs in each repeat right after the first runner (a bandwidth read for its floor)."""
     best = {name: {"t1": float("inf"), "tn": float("inf"), "tns": []} for name in runners}
     for name, fn in runners.items():
         fn(2)  # warm-up
     for _ in range(repeats):
-        for name, fn in runners.items():
+        for i, (name, fn) in enumerate(runners.items()):
             best[name]["t1"] = min(best[name]["t1"], timed(lambda: fn(1)))
             best[name]["tns"].append(timed(lambda: fn(NEW_TOKENS)))
             best[name]["tn"] = min(best[name]["tn"], best[name]["tns"][-1])
+            if i == 0 and after_first is not None:
+                after_first()
     for b in best.values():
         b["ms_per_step"] = 1e3 * max(b["tn"] - b["t1"], 1e-9) / (NEW_TOKENS - 1)
     return best
@@ -288,7 +294,7 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
     for case in cases:
         beams, batch = CASES[case]
         ids = inputs(batch, config.decoder.vocab_size, device)
-        bandwidth = read_bandwidth()
+        reads = [read_bandwidth()]  # around the case and right after each of bertgen's runs
         best = measure({
             "bertgen": lambda n: run_bertgen(model, ids, beams, n),
             # the variants right after bertgen: `paired_cost_pct` compares runs made close together
@@ -296,8 +302,8 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
             "bertgen+bf16 cache": lambda n: run_bertgen(model, ids, beams, n, cache_dtype="bfloat16"),
             "transformers": lambda n: run_transformers(reference, ids, beams, n),
             "bertgen unprepared": lambda n: run_bertgen(unprepared, ids, beams, n),
-        }, repeats)
-        bandwidth = max(bandwidth, read_bandwidth())
+        }, repeats, after_first=lambda: reads.append(read_bandwidth()))
+        bandwidth = max(*reads, read_bandwidth())
         floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch, dtype.itemsize) / (bandwidth * 1e9)
         row = {
             "size": size, "case": case, "beams": beams, "batch": batch,
