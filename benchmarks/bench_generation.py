@@ -399,8 +399,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append(f"| {r['size']} | {r['case']} | {r['bf16_cache_cost_pct']:+.1f}% "
                      f"| {_rss(r.get('rss_bertgen_bf16cache'))} |")
-    packing = ("the native panel kernel's layout, bertgen/csrc/panel_linear.cpp" if kernels.native_kernels() is not None
-               else "oneDNN's blocked layout")
+    packing = ("the native panel kernel's layout, bertgen/csrc/panel_linear.cpp, the LM head sharing its panels "
+               "with the embedding lookup, and each decoding step's decoder stack run as one native call, "
+               "bertgen/csrc/decoder_step.cpp" if kernels.native_kernels() is not None else "oneDNN's blocked layout")
     lines += ["", "bertgen: the model as `bertgen.pipeline` prepares it (`prepare_model`: query/key/value "
                   f"stacked into one matrix; on CPU, linear layers packed in {packing}); unprepared: the "
                   "same weights as loaded (separate query/key/value, plain layout).",
