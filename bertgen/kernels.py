@@ -246,7 +246,7 @@ class PanelWeight:
     def rows(self, index: Tensor) -> Tensor:
         """weight[index] ([*index.shape, in]), gathered from the panels: an embedding lookup
         from a tied LM head's panels (`PanelEmbedding`) needs no plain copy of the table."""
-        return self.panels[torch.div(index, PANEL_WIDTH, rounding_mode="floor"), :, index % PANEL_WIDTH]
+        return self.panels[index // PANEL_WIDTH, :, index % PANEL_WIDTH]
 
     def load_(self, weight: Tensor) -> None:
         """Packs `weight` (same shape) into these panels in place, so whoever shares them (a

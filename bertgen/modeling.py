@@ -462,9 +462,9 @@ class BertGenerationDecoder(PreTrained):
     def share_head_panels(self) -> bool:
         """For CPU inference: the tied LM head and word-embedding lookup as one set of panels of
         the native kernel (`kernels.share_panels`), in place. The head then reads its weight in
-        the kernel's layout (large model, one row: 1.1-1.2x faster than plain; beams 1.2-1.5x)
-        at no memory cost: no plain copy is kept. False (nothing changed) when the head is not
-        tied, not fp32 on CPU, or the kernel is not built."""
+        the kernel's layout at no memory cost, as no plain copy is kept (large model against a
+        plain head, same tokens: greedy 1.07x faster, beam 4 1.19x). False (nothing changed)
+        when the head is not tied, not fp32 on CPU, or the kernel is not built."""
         emb, head = self.bert.embeddings, self.lm_head
         shared = share_panels(emb.word_embeddings, head.decoder) if isinstance(head, LMHead) else None
         if shared is None:
