@@ -333,7 +333,7 @@ def _single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None
 def native_decoder(model: EncoderDecoderModel):
     """The decoder stack's step as one call of the native kernels (`DecoderStep` in
     bertgen/csrc/decoder_step.cpp), or None (then `decode_step` runs it layer by layer). It
-    needs every matrix of the stack in panels (`prepare_model` on an AVX-512 CPU) and a
+    needs every matrix of the stack in panels (`prepare_model` on an AVX-512 or AVX2 CPU) and a
     feed-forward activation the panel kernel computes. Made once per `generate` call: the
     weights it holds are those of the moment."""
     config, layers = model.config.decoder, []

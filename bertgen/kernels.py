@@ -6,9 +6,10 @@ linear is an internal torch op (`torch.ops.mkldnn._linear_pointwise`): used when
 for inference only (no autograd graph being recorded), so training numerics are unchanged.
 
 For inference `pack_linears` goes one step further: it stores each weight once in a layout
-made for the kernel that reads it (`PackedLinear`). On CPUs with AVX-512 that is our own
-kernel's ("panels", `bertgen/csrc/panel_linear.cpp`, compiled on first use): 1.1-1.5x faster
-than oneDNN's packed kernels at 1-32 rows, as fast at 256. Elsewhere, or when it cannot be
+made for the kernel that reads it (`PackedLinear`). On CPUs with AVX-512 or AVX2 that is our
+own kernel's ("panels", `bertgen/csrc/panel_linear.cpp`, compiled on first use for the CPU's
+instruction set): on AVX-512 1.1-1.5x faster than oneDNN's packed kernels at 1-32 rows, as fast
+at 256; on AVX2 1.5-2x faster at one row, 1.0-1.4x at 2-32, 0.9x at 256. Elsewhere, or when it cannot be
 built, oneDNN's blocked layout, which a plain weight is otherwise re-laid into on every call.
 Measured with `python benchmarks/bench_kernels.py`.
 """
@@ -146,23 +147,26 @@ def _pack(weight: Tensor, native: bool = True) -> Tensor | PanelWeight:
 NATIVE_ENV = "BERTGEN_NATIVE_KERNELS"  # "0": never build or use them
 _NATIVE_SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("panel_linear.cpp", "decoder_step.cpp")]
 _NATIVE_NAME = "bertgen_panel_linear"
+# The instruction sets the kernels are written for (torch's name for the CPU's -> compiler flags)
+_NATIVE_ISA_FLAGS = {"AVX512": ["-mavx512f", "-mfma"], "AVX2": ["-mavx2", "-mfma"]}
 _NATIVE_LOCK = threading.Lock()
 
 
 def native_kernels():
     """bertgen's own fp32 CPU kernels, compiled on first use (~30 s once per machine, torch and
     Python version; a C++ compiler, ninja and Python's headers needed) into
-    `native_build_directory()`, or None: off AVX-512 CPUs, with BERTGEN_NATIVE_KERNELS=0, or
-    when the build fails (a warning says why; oneDNN's packed kernels take over, 1.0-1.65x
-    slower at decoding's row counts). Thread-safe: the app builds it in the background while
-    a request may need it."""
+    `native_build_directory()`, or None: on CPUs with neither AVX-512 nor AVX2 (`native_isa`),
+    with BERTGEN_NATIVE_KERNELS=0, or when the build fails (a warning says why; oneDNN's packed
+    kernels take over, 1.0-1.65x slower at decoding's row counts on AVX-512, up to 3x on AVX2).
+    Thread-safe: the app builds it in the background while a request may need it."""
     with _NATIVE_LOCK:
         return _build_native_kernels()
 
 
 @functools.cache
 def _build_native_kernels():
-    if os.environ.get(NATIVE_ENV, "1") == "0" or torch.backends.cpu.get_cpu_capability() != "AVX512":
+    isa = native_isa()
+    if os.environ.get(NATIVE_ENV, "1") == "0" or isa is None:
         return None
     try:
         from torch.utils import cpp_extension
@@ -172,8 +176,9 @@ def _build_native_kernels():
         _drop_stale_lock(build / "lock")
         if not any(build.glob("*.so")):
             print("bertgen: compiling its CPU matrix kernel (once per machine, ~30 s)", file=sys.stderr, flush=True)
-        module = cpp_extension.load(_NATIVE_NAME, [str(p) for p in _NATIVE_SOURCES], build_directory=str(build), verbose=False,
-                                    extra_cflags=["-O3", "-mavx512f", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        module = cpp_extension.load(_native_name(isa), [str(p) for p in _NATIVE_SOURCES], build_directory=str(build),
+                                    verbose=False, extra_cflags=["-O3", *_NATIVE_ISA_FLAGS[isa], "-fopenmp"],
+                                    extra_ldflags=["-fopenmp"])
         gen = torch.Generator().manual_seed(0)
         w, b, x = torch.randn(70, 33, generator=gen), torch.randn(70, generator=gen), torch.randn(7, 33, generator=gen)
         if not torch.allclose(module.linear(x, module.pack(w), b, 70, 0), F.linear(x, w, b), rtol=1e-4, atol=1e-4):
@@ -186,13 +191,26 @@ def _build_native_kernels():
         return None
 
 
+def native_isa() -> str | None:
+    """The instruction set the native kernels are built for on this CPU: torch's own reading
+    of it ("AVX512", or "AVX2", which torch grants only with FMA; ATEN_CPU_CAPABILITY=avx2
+    lowers it), or None where the kernels have no version."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in _NATIVE_ISA_FLAGS else None
+
+
+def _native_name(isa: str | None) -> str:
+    """One module (and build folder) per instruction set: a cache shared by machines of both kinds keeps each."""
+    return _NATIVE_NAME if isa in (None, "AVX512") else f"{_NATIVE_NAME}_{isa.lower()}"
+
+
 def native_build_directory() -> Path:
     """Where the kernel is built and cached: under $TORCH_EXTENSIONS_DIR when set, else
     $XDG_CACHE_HOME/bertgen (~/.cache/bertgen), one folder per Python and torch version (a
     build is tied to both)."""
     base = os.environ.get("TORCH_EXTENSIONS_DIR") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bertgen"
-    tag = f"{_NATIVE_NAME}-py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
+    tag = f"{_native_name(native_isa())}-py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}"
     return Path(base) / tag.replace("+", "-")
 
 
@@ -306,14 +324,14 @@ def packed_linear(x: Tensor, packed: Tensor | PanelWeight, bias: Tensor | None,
 
 class PackedLinear(nn.Module):
     """An nn.Linear for CPU inference whose weight is stored once, in its kernel's layout: the
-    native panels (fp32 on AVX-512 CPUs, `native_kernels`) or oneDNN's blocked layout.
+    native panels (fp32 on AVX-512 and AVX2 CPUs, `native_kernels`) or oneDNN's blocked layout.
 
     A plain weight is re-laid into oneDNN's layout inside every oneDNN call; packed, the call
     only reads it. oneDNN packed against `matmul` on the plain weight
     (`benchmarks/results_kernels.md`, 2 threads, AMD EPYC): 1.2-1.8x faster at 4-64 rows of
     1024-wide weights (beams, batches), 1.03-1.12x at 256 (encoder passes); at 1-4 rows of
     narrow (384-wide) weights 0.6-1.3x. The panel kernel is another 1.1-1.5x faster than oneDNN
-    packed at 1-32 rows and as fast at 256. bf16 (CPUs with AVX512-BF16, oneDNN): 2-3x fp32
+    packed at 1-32 rows and as fast at 256 (AVX-512; on AVX2 1.0-3x at 1-32 rows, 0.9x at 256). bf16 (CPUs with AVX512-BF16, oneDNN): 2-3x fp32
     from 32 rows.
     Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
     `state_dict()` holds a plain `weight`: a packed model saves like any other."""

@@ -61,7 +61,7 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     Unquantized, each self-attention's query/key/value weights are stacked into one matrix
     (`fuse_projections`: one call instead of three; the state dict keeps HF's names).
     pack (CPU, fp32 or bf16): the stacks' linear layers keep their weights in their kernel's
-    layout (`kernels.pack_linears`, in place, no extra memory): fp32 on AVX-512 CPUs in the
+    layout (`kernels.pack_linears`, in place, no extra memory): fp32 on AVX-512/AVX2 CPUs in the
     native panel kernel's (`kernels.native_kernels`, compiled on first use), otherwise
     oneDNN's blocked layout. Against plain weights a large model's beams and batches decode
     1.1-1.5x faster with oneDNN's layout, and the panels are another 1.0-1.65x faster

@@ -409,7 +409,7 @@ def packed_layout(request, monkeypatch):
     if request.param == "onednn":
         monkeypatch.setattr(kernels, "native_kernels", lambda: None)
     elif kernels.native_kernels() is None:
-        pytest.skip("the native kernel needs an AVX-512 CPU and a C++ toolchain")
+        pytest.skip("the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
     return request.param
 
 
@@ -447,14 +447,49 @@ NATIVE_SHAPES = [(1, 1), (63, 17), (64, 64), (65, 33), (130, 2050)]  # past 64 o
 
 
 def test_native_kernel_is_built_where_it_can_be():
-    """Where the CPU has AVX-512 and a compiler is present (this CI machine) the panel kernel
-    must build: a silent fall back to oneDNN would hide a broken build."""
-    can_build = (torch.backends.cpu.get_cpu_capability() == "AVX512" and shutil.which("c++")
+    """Where the CPU has AVX-512 or AVX2 and a compiler is present (this CI machine) the panel
+    kernel must build: a silent fall back to oneDNN would hide a broken build."""
+    can_build = (torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX2") and shutil.which("c++")
                  and os.environ.get(kernels.NATIVE_ENV, "1") != "0")  # ninja: a requirement
     assert (kernels.native_kernels() is not None) == bool(can_build)
 
 
-@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+_ISA_PROBE = """
+import sys, torch
+from bertgen import kernels
+native = kernels.native_kernels()
+print(kernels.native_isa(), native and native.__name__)
+if native is not None:
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(130, 2050, generator=g), torch.randn(130, generator=g), torch.randn(7, 2050, generator=g)
+    torch.save([native.linear(x, native.pack(w), b, 130, act) for act in (0, 1, 2)], sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
+def test_native_kernel_versions_agree_bit_for_bit(tmp_path):
+    """The kernel is one source built for the CPU's instruction set; ATEN_CPU_CAPABILITY (torch's
+    own switch) lowers it. Each output sums its inputs in the same order on AVX-512 and AVX2, so
+    the AVX2 build gives the same bits as this CPU's (on an AVX2 CPU: itself), and a CPU below
+    AVX2 gets no kernel, not a broken one."""
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs = {}
+    for capability in ("avx2", "default", None):
+        run_env = {**env, "ATEN_CPU_CAPABILITY": capability} if capability else env
+        out = tmp_path / f"{capability}.pt"
+        done = subprocess.run([sys.executable, "-c", _ISA_PROBE, str(out)], env=run_env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        runs[capability] = done.stdout.split(), out
+    assert runs["avx2"][0] == ["AVX2", "bertgen_panel_linear_avx2"] and runs["default"][0] == ["None", "None"]
+    assert runs[None][0][0] == kernels.native_isa()
+    for ours, theirs in zip(torch.load(runs[None][1], weights_only=True), torch.load(runs["avx2"][1], weights_only=True)):
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 @pytest.mark.parametrize("out_f,in_f", NATIVE_SHAPES)
 def test_native_panel_kernel_equals_linear(out_f, in_f):
     native = kernels.native_kernels()
@@ -475,7 +510,7 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
         native.linear(torch.randn(2, in_f).double(), panels, b, out_f, 0)
 
 
-@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 def test_native_kernel_fused_activations_match_torch():
     """GELU (erf) and ReLU computed as the kernel stores: against torch's own, over the range
     where erf bends and far into both tails (an identity weight passes x through)."""
@@ -489,7 +524,7 @@ def test_native_kernel_fused_activations_match_torch():
         native.linear(x, panels, None, 64, 3)
 
 
-@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 def test_native_panels_start_on_a_2mb_boundary():
     """Weights of 4 MB and more are packed into 2 MB-aligned memory advised for huge pages
     (fewer page walks while a step streams them); smaller ones need no alignment."""
@@ -500,7 +535,7 @@ def test_native_panels_start_on_a_2mb_boundary():
     assert torch.equal(native.unpack(panels, 1024), w)
 
 
-@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 CPU and a C++ toolchain")
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 def test_tied_lookup_and_head_share_one_set_of_panels():
     import copy
 

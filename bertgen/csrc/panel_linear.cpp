@@ -1,4 +1,4 @@
-// fp32 linear layers for CPU inference on AVX-512, in a layout of our own ("panels").
+// fp32 linear layers for CPU inference on AVX-512 or AVX2, in a layout of our own ("panels").
 //
 // Why: oneDNN's packed kernels read a decoding step's weights at 27-40 GB/s where the
 // memory delivers 31-67, and greedy decoding is bound by that read. This kernel streams
@@ -20,88 +20,142 @@
 
 namespace {
 
-constexpr int64_t kPanel = 64;    // outputs per panel: four 16-float vectors
+constexpr int64_t kPanel = 64;    // outputs per panel
 constexpr int64_t kDepth = 1024;  // inputs per pass over a panel (1024 x 64 floats = 256 KB, in L2)
-constexpr int kRows = 6;          // rows per tile: 6 x 4 accumulators of the 32 registers
+
+// The vector operations the kernel needs, on AVX-512 (16 floats, 32 registers) or AVX2 with FMA
+// (8 floats, 16 registers): the same source is built for the one the CPU has (kernels.py).
+#if defined(__AVX512F__)
+using Vec = __m512;
+using Mask = __mmask16;  // lanes of a vector inside the weight's outputs
+constexpr int kLanes = 16;
+constexpr int kRows = 6, kColumns = 4;  // tile: 6 rows x 4 vectors, 24 of the 32 registers
+inline Mask lane_mask(int64_t lanes) { return static_cast<Mask>((1u << lanes) - 1u); }
+inline Vec load_part(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void store_part(float* p, Mask m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
+inline Vec load(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec broadcast(float x) { return _mm512_set1_ps(x); }
+inline Vec zero() { return _mm512_setzero_ps(); }
+inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }    // a b + c
+inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a b
+inline Vec abs(Vec a) { return _mm512_abs_ps(a); }
+inline Vec round(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec scale2(Vec a, Vec n) { return _mm512_scalef_ps(a, n); }  // a 2^n, n whole
+inline Vec negate_where_negative(Vec a, Vec sign) {
+  return _mm512_mask_sub_ps(a, _mm512_cmp_ps_mask(sign, zero(), _CMP_LT_OQ), zero(), a);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+using Vec = __m256;
+using Mask = __m256i;
+constexpr int kLanes = 8;
+constexpr int kRows = 3, kColumns = 4;  // tile: 3 rows x 4 vectors (half a panel), 12 of the 16 registers
+inline Mask lane_mask(int64_t lanes) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Vec load_part(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
+inline void store_part(float* p, Mask m, Vec v) { _mm256_maskstore_ps(p, m, v); }
+inline Vec load(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec broadcast(float x) { return _mm256_set1_ps(x); }
+inline Vec zero() { return _mm256_setzero_ps(); }
+inline Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec div(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec fnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a, b, c); }
+inline Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+inline Vec round(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec scale2(Vec a, Vec n) {  // n in [-126, 0] here: 2^n built in the exponent field
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+}
+inline Vec negate_where_negative(Vec a, Vec sign) {
+  return _mm256_blendv_ps(a, sub(zero(), a), _mm256_cmp_ps(sign, zero(), _CMP_LT_OQ));
+}
+#else
+#error "panel_linear.cpp needs AVX-512 or AVX2 with FMA (-mavx512f or -mavx2 -mfma)"
+#endif
+constexpr int kVectors = kPanel / kLanes;  // vectors across a panel
 
 // e^x for x <= 0 (GELU's only use), Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
 // polynomial for e^r, then the 2^n scaling. Relative error ~1e-7.
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));  // below: e^x underflows to ~0 anyway
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+inline Vec exp_nonpositive(Vec x) {
+  x = max(x, broadcast(-87.3f));  // below: e^x underflows to ~0 anyway
+  const Vec n = round(mul(x, broadcast(1.44269504088896341f)));
+  Vec r = fnmadd(n, broadcast(0.693359375f), x);
+  r = fnmadd(n, broadcast(-2.12194440e-4f), r);
+  Vec p = broadcast(1.9875691500e-4f);
+  p = fmadd(p, r, broadcast(1.3981999507e-3f));
+  p = fmadd(p, r, broadcast(8.3334519073e-3f));
+  p = fmadd(p, r, broadcast(4.1665795894e-2f));
+  p = fmadd(p, r, broadcast(1.6666665459e-1f));
+  p = fmadd(p, r, broadcast(5.0000001201e-1f));
+  p = fmadd(p, mul(r, r), add(r, broadcast(1.0f)));
+  return scale2(p, n);
 }
 
 // GELU with erf, x/2 (1 + erf(x / sqrt 2)), erf by Abramowitz and Stegun 7.1.26 (absolute
 // error <= 1.5e-7), the formula torch's own vectorized erf uses.
-inline __m512 gelu(__m512 x) {
-  const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
-  const __m512 a = _mm512_abs_ps(z);
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-  __m512 q = _mm512_set1_ps(1.061405429f);
-  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-1.453152027f));
-  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.421413741f));
-  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-0.284496736f));
-  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(0.254829592f));
-  q = _mm512_mul_ps(q, t);
-  const __m512 erf_abs = _mm512_fnmadd_ps(q, exp_nonpositive(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a)),
-                                          _mm512_set1_ps(1.0f));
-  const __mmask16 negative = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __m512 erf = _mm512_mask_sub_ps(erf_abs, negative, _mm512_setzero_ps(), erf_abs);
-  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(erf, _mm512_set1_ps(1.0f)));
+inline Vec gelu(Vec x) {
+  const Vec z = mul(x, broadcast(0.70710678118654752f));
+  const Vec a = abs(z);
+  const Vec t = div(broadcast(1.0f), fmadd(a, broadcast(0.3275911f), broadcast(1.0f)));
+  Vec q = broadcast(1.061405429f);
+  q = fmadd(q, t, broadcast(-1.453152027f));
+  q = fmadd(q, t, broadcast(1.421413741f));
+  q = fmadd(q, t, broadcast(-0.284496736f));
+  q = fmadd(q, t, broadcast(0.254829592f));
+  q = mul(q, t);
+  const Vec erf_abs = fnmadd(q, exp_nonpositive(mul(sub(zero(), a), a)), broadcast(1.0f));
+  return mul(mul(x, broadcast(0.5f)), add(negate_where_negative(erf_abs, z), broadcast(1.0f)));
 }
 
-inline __m512 activate(__m512 v, int64_t activation) {
+inline Vec activate(Vec v, int64_t activation) {
   if (activation == kGelu) return gelu(v);
-  if (activation == kRelu) return _mm512_max_ps(v, _mm512_setzero_ps());
+  if (activation == kRelu) return max(v, zero());
   return v;
 }
 
-// Rows [0, R) of one panel over inputs [k0, k1): accumulators start from the bias (first
-// pass) or from y (later passes), and `mask` keeps the lanes past `out` out of y. The last
-// pass applies the activation before it stores.
-template <int R>
+// Rows [0, R) of C vectors of one panel (y, bias and mask already at those columns) over
+// inputs [k0, k1): accumulators start from the bias (first pass) or from y (later passes), and
+// `mask` keeps the lanes past `out` out of y. The last pass applies the activation before it
+// stores. Each output sums its inputs in order whatever R and C, so the result of a row does
+// not depend on the tile (or the CPU) that computed it.
+template <int R, int C>
 void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out, int64_t k0,
-          int64_t k1, const float* bias, const __mmask16 mask[4], int64_t activation) {
-  __m512 acc[R][4];
-  for (int v = 0; v < 4; ++v) {
+          int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
+  Vec acc[R][C];
+  for (int v = 0; v < C; ++v) {
     for (int r = 0; r < R; ++r) {
-      if (k0 > 0) acc[r][v] = _mm512_maskz_loadu_ps(mask[v], y + r * out + 16 * v);
-      else acc[r][v] = bias ? _mm512_maskz_loadu_ps(mask[v], bias + 16 * v) : _mm512_setzero_ps();
+      if (k0 > 0) acc[r][v] = load_part(y + r * out + kLanes * v, mask[v]);
+      else acc[r][v] = bias ? load_part(bias + kLanes * v, mask[v]) : zero();
     }
   }
   const float* w = panel + k0 * kPanel;
   for (int64_t k = k0; k < k1; ++k, w += kPanel) {
-    const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16);
-    const __m512 w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+    Vec wv[C];
+    for (int v = 0; v < C; ++v) wv[v] = load(w + kLanes * v);
     for (int r = 0; r < R; ++r) {
-      const __m512 xv = _mm512_set1_ps(x[r * in + k]);
-      acc[r][0] = _mm512_fmadd_ps(w0, xv, acc[r][0]);
-      acc[r][1] = _mm512_fmadd_ps(w1, xv, acc[r][1]);
-      acc[r][2] = _mm512_fmadd_ps(w2, xv, acc[r][2]);
-      acc[r][3] = _mm512_fmadd_ps(w3, xv, acc[r][3]);
+      const Vec xv = broadcast(x[r * in + k]);
+      for (int v = 0; v < C; ++v) acc[r][v] = fmadd(wv[v], xv, acc[r][v]);
     }
   }
   const int64_t act = k1 == in ? activation : kNone;
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(y + r * out + 16 * v, mask[v], activate(acc[r][v], act));
+    for (int v = 0; v < C; ++v) store_part(y + r * out + kLanes * v, mask[v], activate(acc[r][v], act));
 }
 
 template <int R>
 void tail_tile(int rows_left, const float* panel, const float* x, int64_t in, float* y, int64_t out,
-               int64_t k0, int64_t k1, const float* bias, const __mmask16 mask[4], int64_t activation) {
-  if constexpr (R > 0) {
-    if (rows_left == R) return tile<R>(panel, x, in, y, out, k0, k1, bias, mask, activation);
+               int64_t k0, int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
+  if constexpr (R > 1) {
+    if (rows_left == R) return tile<R, kColumns>(panel, x, in, y, out, k0, k1, bias, mask, activation);
     tail_tile<R - 1>(rows_left, panel, x, in, y, out, k0, k1, bias, mask, activation);
   }
 }
@@ -177,24 +231,28 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const 
 void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* ws, const float* b, int64_t out,
                        float* ys, int64_t activation) {
   if (rows == 0) return;
-  const int64_t panels = (out + kPanel - 1) / kPanel;
+  const int64_t panels = (out + kPanel - 1) / kPanel, full_rows = rows - rows % kRows;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
-    const int64_t width = std::min(kPanel, out - p * kPanel);  // outputs in this panel
-    __mmask16 mask[4];
-    for (int v = 0; v < 4; ++v) {
-      const int64_t lanes = std::clamp<int64_t>(width - 16 * v, 0, 16);
-      mask[v] = static_cast<__mmask16>((1u << lanes) - 1u);
-    }
+    Mask mask[kVectors];
+    for (int v = 0; v < kVectors; ++v) mask[v] = lane_mask(std::clamp<int64_t>(out - p * kPanel - kLanes * v, 0, kLanes));
     const float* panel = ws + p * in * kPanel;
+    float* yp = ys + p * kPanel;
     const float* pb = b ? b + p * kPanel : nullptr;
     for (int64_t k0 = 0; k0 < in; k0 += kDepth) {
       const int64_t k1 = std::min(in, k0 + kDepth);
-      int64_t r = 0;
-      for (; r + kRows <= rows; r += kRows)
-        tile<kRows>(panel, xs + r * in, in, ys + r * out + p * kPanel, out, k0, k1, pb, mask, activation);
-      tail_tile<kRows - 1>(static_cast<int>(rows - r), panel, xs + r * in, in, ys + r * out + p * kPanel, out,
-                           k0, k1, pb, mask, activation);
+      // tiles of kRows rows, kColumns vectors wide (all of a panel on AVX-512, half on AVX2)
+      for (int c = 0; c < kVectors; c += kColumns) {
+        const int64_t col = c * kLanes;
+        const float* bc = pb ? pb + col : nullptr;
+        for (int64_t r = 0; r < full_rows; r += kRows)
+          tile<kRows, kColumns>(panel + col, xs + r * in, in, yp + r * out + col, out, k0, k1, bc, mask + c, activation);
+        tail_tile<kRows - 1>(static_cast<int>(rows - full_rows), panel + col, xs + full_rows * in, in,
+                             yp + full_rows * out + col, out, k0, k1, bc, mask + c, activation);
+      }
+      // a last single row takes the whole panel in one pass, streaming it front to back
+      if (rows - full_rows == 1)
+        tile<1, kVectors>(panel, xs + full_rows * in, in, yp + full_rows * out, out, k0, k1, pb, mask, activation);
     }
   }
 }
