@@ -497,11 +497,12 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
     w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
     panels = native.pack(w)
     assert panels.shape == ((out_f + 63) // 64, in_f, 64) and torch.equal(native.unpack(panels, out_f), w)
-    for rows in (0, 1, 5, 6, 7, 13):
+    for rows in (0, 1, 2, 5, 6, 7, 13, 33):  # 2-32 rows prefetch the pass after; 1 and 33 do not
         x = torch.randn(rows, in_f, generator=g)
         for bias in (b, None):
             expected = F.linear(x.double(), w.double(), None if bias is None else bias.double()).float()
-            torch.testing.assert_close(native.linear(x, panels, bias, out_f, 0), expected, rtol=1e-5, atol=1e-4)
+            # in-order fp32 sums over 2050 inputs drift from the fp64 result by ~1e-4 (a random walk)
+            torch.testing.assert_close(native.linear(x, panels, bias, out_f, 0), expected, rtol=1e-5, atol=3e-4)
         if rows:  # each row on its own: its result is bit-identical whatever the batch
             assert torch.equal(native.linear(x[-1:], panels, b, out_f, 1), native.linear(x, panels, b, out_f, 1)[-1:])
     with pytest.raises(RuntimeError, match="does not fit the packed weight"):
