@@ -497,7 +497,7 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
     w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
     panels = native.pack(w)
     assert panels.shape == ((out_f + 63) // 64, in_f, 64) and torch.equal(native.unpack(panels, out_f), w)
-    for rows in (0, 1, 2, 5, 6, 7, 13, 33):  # 2-32 rows prefetch the pass after; 1 and 33 do not
+    for rows in (0, 1, 2, 5, 6, 7, 13, 33):  # AVX2: from 2 rows a lead row streams each pass
         x = torch.randn(rows, in_f, generator=g)
         for bias in (b, None):
             expected = F.linear(x.double(), w.double(), None if bias is None else bias.double()).float()

@@ -30,7 +30,6 @@ using Vec = __m512;
 using Mask = __mmask16;  // lanes of a vector inside the weight's outputs
 constexpr int kLanes = 16;
 constexpr int kRows = 6, kColumns = 4;  // tile: 6 rows x 4 vectors, 24 of the 32 registers
-constexpr int64_t kPrefetchRows = 0;    // prefetching the next pass: measured on AVX2 only, off here
 inline Mask lane_mask(int64_t lanes) { return static_cast<Mask>((1u << lanes) - 1u); }
 inline Vec load_part(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
 inline void store_part(float* p, Mask m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
@@ -55,7 +54,6 @@ using Vec = __m256;
 using Mask = __m256i;
 constexpr int kLanes = 8;
 constexpr int kRows = 3, kColumns = 4;  // tile: 3 rows x 4 vectors (half a panel), 12 of the 16 registers
-constexpr int64_t kPrefetchRows = 32;   // at 2-32 rows, prefetch the next pass (NextPass)
 inline Mask lane_mask(int64_t lanes) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(lanes)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -84,6 +82,12 @@ inline Vec negate_where_negative(Vec a, Vec sign) {
 #error "panel_linear.cpp needs AVX-512 or AVX2 with FMA (-mavx512f or -mavx2 -mfma)"
 #endif
 constexpr int kVectors = kPanel / kLanes;  // vectors across a panel
+// Tiles narrower than a panel (AVX2) read each pass in strided halves, which memory streams
+// poorly: with 2 rows or more, a first row takes the whole panel front to back (at the speed of
+// a single row) and the tiles then find the pass in the cache. Weights read from memory: 1.3-1.7x
+// faster at 2-16 rows, 1.1-1.25x at 32-64 (docs/GENERATION.md). Prefetching the next pass in the
+// tiles' loops on top of it: within noise (+-5% end to end), left out.
+constexpr bool kLeadRow = kColumns < kVectors;
 
 // e^x for x <= 0 (GELU's only use), Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5
 // polynomial for e^r, then the 2^n scaling. Relative error ~1e-7.
@@ -124,21 +128,6 @@ inline Vec activate(Vec v, int64_t activation) {
   return v;
 }
 
-// The weights of the pass after the current one, fetched into the cache one line per step of a
-// tile's loop while the tiles compute. At 2-32 rows the tiles re-read each pass from the cache
-// and, without it, the memory idles meanwhile: on AVX2 1.15-1.3x faster at 2-16 rows, even at
-// 32; slower from 64 rows (the pass after evicts the one in use), so off there.
-struct NextPass {
-  const char* next;
-  const char* end;
-  void step() {
-    if (next < end) {
-      _mm_prefetch(next, _MM_HINT_T0);
-      next += 64;
-    }
-  }
-};
-
 // Rows [0, R) of C vectors of one panel (y, bias and mask already at those columns) over
 // inputs [k0, k1): accumulators start from the bias (first pass) or from y (later passes), and
 // `mask` keeps the lanes past `out` out of y. The last pass applies the activation before it
@@ -146,7 +135,7 @@ struct NextPass {
 // not depend on the tile (or the CPU) that computed it.
 template <int R, int C>
 void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out, int64_t k0,
-          int64_t k1, const float* bias, const Mask* mask, int64_t activation, NextPass* ahead = nullptr) {
+          int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
   Vec acc[R][C];
   for (int v = 0; v < C; ++v) {
     for (int r = 0; r < R; ++r) {
@@ -156,7 +145,6 @@ void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out,
   }
   const float* w = panel + k0 * kPanel;
   for (int64_t k = k0; k < k1; ++k, w += kPanel) {
-    if (ahead) ahead->step();
     Vec wv[C];
     for (int v = 0; v < C; ++v) wv[v] = load(w + kLanes * v);
     for (int r = 0; r < R; ++r) {
@@ -171,10 +159,10 @@ void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out,
 
 template <int R>
 void tail_tile(int rows_left, const float* panel, const float* x, int64_t in, float* y, int64_t out,
-               int64_t k0, int64_t k1, const float* bias, const Mask* mask, int64_t activation, NextPass* ahead) {
+               int64_t k0, int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
   if constexpr (R > 1) {
-    if (rows_left == R) return tile<R, kColumns>(panel, x, in, y, out, k0, k1, bias, mask, activation, ahead);
-    tail_tile<R - 1>(rows_left, panel, x, in, y, out, k0, k1, bias, mask, activation, ahead);
+    if (rows_left == R) return tile<R, kColumns>(panel, x, in, y, out, k0, k1, bias, mask, activation);
+    tail_tile<R - 1>(rows_left, panel, x, in, y, out, k0, k1, bias, mask, activation);
   }
 }
 
@@ -249,9 +237,8 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const 
 void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* ws, const float* b, int64_t out,
                        float* ys, int64_t activation) {
   if (rows == 0) return;
-  const int64_t panels = (out + kPanel - 1) / kPanel, full_rows = rows - rows % kRows;
-  const int64_t weights_size = panels * in * kPanel;
-  const bool prefetch = rows >= 2 && rows <= kPrefetchRows;
+  const int64_t lead = kLeadRow && rows > 1 ? 1 : 0;  // rows streamed first (kLeadRow)
+  const int64_t panels = (out + kPanel - 1) / kPanel, full_rows = rows - (rows - lead) % kRows;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
     Mask mask[kVectors];
@@ -261,19 +248,15 @@ void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* w
     const float* pb = b ? b + p * kPanel : nullptr;
     for (int64_t k0 = 0; k0 < in; k0 += kDepth) {
       const int64_t k1 = std::min(in, k0 + kDepth);
-      // passes follow each other in memory, and the next panel's first pass follows the last
-      const int64_t next = (p * in + k1) * kPanel, next_end = std::min(weights_size, next + kDepth * kPanel);
-      NextPass ahead{reinterpret_cast<const char*>(ws + next), reinterpret_cast<const char*>(ws + next_end)};
-      NextPass* const pass_ahead = prefetch ? &ahead : nullptr;
+      if (lead) tile<1, kVectors>(panel, xs, in, yp, out, k0, k1, pb, mask, activation);
       // tiles of kRows rows, kColumns vectors wide (all of a panel on AVX-512, half on AVX2)
       for (int c = 0; c < kVectors; c += kColumns) {
         const int64_t col = c * kLanes;
         const float* bc = pb ? pb + col : nullptr;
-        for (int64_t r = 0; r < full_rows; r += kRows)
-          tile<kRows, kColumns>(panel + col, xs + r * in, in, yp + r * out + col, out, k0, k1, bc, mask + c, activation,
-                                pass_ahead);
+        for (int64_t r = lead; r < full_rows; r += kRows)
+          tile<kRows, kColumns>(panel + col, xs + r * in, in, yp + r * out + col, out, k0, k1, bc, mask + c, activation);
         tail_tile<kRows - 1>(static_cast<int>(rows - full_rows), panel + col, xs + full_rows * in, in,
-                             yp + full_rows * out + col, out, k0, k1, bc, mask + c, activation, pass_ahead);
+                             yp + full_rows * out + col, out, k0, k1, bc, mask + c, activation);
       }
       // a last single row takes the whole panel in one pass, streaming it front to back
       if (rows - full_rows == 1)
