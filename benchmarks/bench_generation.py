@@ -14,7 +14,9 @@ suppressed with min_new_tokens) it measures:
   weights are), the best of reads just before the case, right after each of bertgen's timed
   runs and just after the case: the step is the best of its repeats, so the bandwidth is the
   best of reads made among them (this shared host's bandwidth moves between 31 and 67 GB/s
-  within seconds to minutes; reads only around a case set floors below the step);
+  within seconds to minutes; reads only around a case set floors below the step). Best against
+  best pairs moments apart, so "bertgen / floor" also gives the median over repeats of each
+  run's step against the floor of the read right after it ("paired");
 - peak RSS during generation, each case in a fresh subprocess (peak reset after the model is
   built, via /proc/self/clear_refs), next to the bytes of the weights;
 - bf16 weights and int8 (torch dynamic quantization) against transformers fp32.
@@ -178,12 +180,13 @@ def measure(runners: dict, repeats: int, after_first=None) -> dict:
     """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved; each
     runner's NEW_TOKENS times in repeat order ("tns") for `paired_cost_pct`. `after_first()`
     runs in each repeat right after the first runner (a bandwidth read for its floor)."""
-    best = {name: {"t1": float("inf"), "tn": float("inf"), "tns": []} for name in runners}
+    best = {name: {"t1": float("inf"), "tn": float("inf"), "t1s": [], "tns": []} for name in runners}
     for name, fn in runners.items():
         fn(2)  # warm-up
     for _ in range(repeats):
         for i, (name, fn) in enumerate(runners.items()):
-            best[name]["t1"] = min(best[name]["t1"], timed(lambda: fn(1)))
+            best[name]["t1s"].append(timed(lambda: fn(1)))
+            best[name]["t1"] = min(best[name]["t1"], best[name]["t1s"][-1])
             best[name]["tns"].append(timed(lambda: fn(NEW_TOKENS)))
             best[name]["tn"] = min(best[name]["tn"], best[name]["tns"][-1])
             if i == 0 and after_first is not None:
@@ -304,7 +307,11 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
             "bertgen unprepared": lambda n: run_bertgen(unprepared, ids, beams, n),
         }, repeats, after_first=lambda: reads.append(read_bandwidth()))
         bandwidth = max(*reads, read_bandwidth())
-        floor_ms = 1e3 * decoder_bytes_per_step(config, beams, batch, dtype.itemsize) / (bandwidth * 1e9)
+        step_bytes = decoder_bytes_per_step(config, beams, batch, dtype.itemsize)
+        floor_ms = 1e3 * step_bytes / (bandwidth * 1e9)
+        runs = best["bertgen"]  # each repeat's step against the read right after it (reads[1:])
+        paired = statistics.median((tn - t1) / (NEW_TOKENS - 1) * gbs * 1e9 / step_bytes
+                                   for t1, tn, gbs in zip(runs["t1s"], runs["tns"], reads[1:]))
         row = {
             "size": size, "case": case, "beams": beams, "batch": batch,
             "bertgen_ms_per_step": best["bertgen"]["ms_per_step"],
@@ -318,6 +325,7 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
             "bandwidth_gbs": bandwidth,
             "floor_ms_per_step": floor_ms,
             "over_floor": best["bertgen"]["ms_per_step"] / floor_ms,
+            "over_floor_paired": paired,
         }
         if do_rss:
             row["rss_bertgen"] = peak_rss(size, case, "bertgen")
@@ -326,7 +334,7 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
         rows.append(row)
         log(f"{size} {case}: bertgen {row['bertgen_ms_per_step']:.1f} ms/step, transformers "
             f"{row['transformers_ms_per_step']:.1f} ms/step ({row['speedup']:.2f}x), floor {floor_ms:.1f} ms "
-            f"({bandwidth:.0f} GB/s), "
+            f"({bandwidth:.0f} GB/s; {row['over_floor']:.2f}x, paired {paired:.2f}x), "
             f"attention {row['attention_cost_pct']:+.1f}%")
     if do_lowp:  # other precisions, against transformers fp32 (tokens may differ from fp32)
         del reference, unprepared, model
@@ -371,7 +379,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
         "| size | case | bertgen ms/step | transformers ms/step | speed-up | bertgen unprepared ms/step "
         "| bertgen tok/s | transformers tok/s "
-        "| floor ms/step (read GB/s) | bertgen / floor | attention capture "
+        "| floor ms/step (read GB/s) | bertgen / floor (paired) | attention capture "
         "| peak RSS bertgen (x weights; x without Python) "
         "| peak RSS transformers (same, x its weights) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -382,6 +390,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['speedup']:.2f}x | {r['unprepared_ms_per_step']:.1f} "
             f"| {r['bertgen_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} "
             f"| {r['floor_ms_per_step']:.1f} ({r['bandwidth_gbs']:.0f}) | {r['over_floor']:.2f} "
+            f"({r.get('over_floor_paired', float('nan')):.2f}) "
             f"| {r['attention_cost_pct']:+.1f}% "
             f"| {_rss(r.get('rss_bertgen'))} | {_rss(r.get('rss_transformers'))} |")
     lowp = [r for r in rows if "int8_ms_per_step" in r]

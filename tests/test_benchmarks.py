@@ -20,11 +20,13 @@ def test_generation_benchmark_quick_run_writes_its_tables(tmp_path):
     result = json.loads((tmp_path / "bench_generation.json").read_text())
     assert [(r["size"], r["case"]) for r in result["rows"]] == [("small", "greedy-b1"), ("small", "beam4-b1")]
     for row in result["rows"]:
-        for key in ("bertgen_ms_per_step", "transformers_ms_per_step", "unprepared_ms_per_step", "floor_ms_per_step"):
+        for key in ("bertgen_ms_per_step", "transformers_ms_per_step", "unprepared_ms_per_step", "floor_ms_per_step",
+                    "over_floor_paired"):
             assert row[key] > 0, key
     table = (tmp_path / "bench_generation.md").read_text()
     for row in result["rows"]:  # each case's floor from the bandwidth read around it, shown beside it
-        assert f"| {row['floor_ms_per_step']:.1f} ({row['bandwidth_gbs']:.0f}) |" in table
+        assert (f"| {row['floor_ms_per_step']:.1f} ({row['bandwidth_gbs']:.0f}) | {row['over_floor']:.2f} "
+                f"({row['over_floor_paired']:.2f}) |") in table
     assert "| small | beam4-b1 |" in table and "unprepared" in table
     assert not (ROOT / "benchmarks" / "results.md").read_text().count("--quick")  # a quick run never replaces it
 
