@@ -9,8 +9,9 @@ For inference `pack_linears` goes one step further: it stores each weight once i
 made for the kernel that reads it (`PackedLinear`). On CPUs with AVX-512 or AVX2 that is our
 own kernel's ("panels", `bertgen/csrc/panel_linear.cpp`, compiled on first use for the CPU's
 instruction set): on AVX-512 1.1-1.5x faster than oneDNN's packed kernels at 1-32 rows, as fast
-at 256; on AVX2 1.5-2x faster at one row, 1.0-1.4x at 2-32, 0.9x at 256. Elsewhere, or when it
-cannot be built, oneDNN's blocked layout, which a plain weight is otherwise re-laid into on every call.
+at 256; on AVX2 1.7-3.1x faster at one row, 1.2-2.7x at 2-4, 0.95-1.3x at 32, 0.85-1.0x at 256.
+Elsewhere, or when it cannot be built, oneDNN's blocked layout, which a plain weight is
+otherwise re-laid into on every call.
 Measured with `python benchmarks/bench_kernels.py`.
 """
 
@@ -332,7 +333,7 @@ class PackedLinear(nn.Module):
     (`benchmarks/results_kernels.md`, 2 threads, AMD EPYC): 1.2-1.8x faster at 4-64 rows of
     1024-wide weights (beams, batches), 1.03-1.12x at 256 (encoder passes); at 1-4 rows of
     narrow (384-wide) weights 0.6-1.3x. The panel kernel is another 1.1-1.5x faster than oneDNN
-    packed at 1-32 rows and as fast at 256 (AVX-512; on AVX2 1.0-3x at 1-32 rows, 0.9x at 256).
+    packed at 1-32 rows and as fast at 256 (AVX-512; on AVX2 0.95-3.1x at 1-32 rows, 0.85-1.0x at 256).
     bf16 (CPUs with AVX512-BF16, oneDNN): 2-3x fp32 from 32 rows.
     Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
     `state_dict()` holds a plain `weight`: a packed model saves like any other."""
