@@ -503,8 +503,10 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
             expected = F.linear(x.double(), w.double(), None if bias is None else bias.double()).float()
             # in-order fp32 sums over 2050 inputs drift from the fp64 result by ~1e-4 (a random walk)
             torch.testing.assert_close(native.linear(x, panels, bias, out_f, 0), expected, rtol=1e-5, atol=3e-4)
-        if rows:  # each row on its own: its result is bit-identical whatever the batch
-            assert torch.equal(native.linear(x[-1:], panels, b, out_f, 1), native.linear(x, panels, b, out_f, 1)[-1:])
+        if rows:  # each row on its own (the first, the last): bit-identical whatever the batch
+            together = native.linear(x, panels, b, out_f, 1)
+            assert torch.equal(native.linear(x[:1], panels, b, out_f, 1), together[:1])
+            assert torch.equal(native.linear(x[-1:], panels, b, out_f, 1), together[-1:])
     with pytest.raises(RuntimeError, match="does not fit the packed weight"):
         native.linear(torch.randn(2, in_f + 1), panels, b, out_f, 0)
     with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):
