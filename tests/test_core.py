@@ -462,7 +462,8 @@ print(kernels.native_isa(), native and native.__name__)
 if native is not None:
     g = torch.Generator().manual_seed(0)
     w, b, x = torch.randn(130, 2050, generator=g), torch.randn(130, generator=g), torch.randn(7, 2050, generator=g)
-    torch.save([native.linear(x, native.pack(w), b, 130, act) for act in (0, 1, 2)], sys.argv[1])
+    torch.save([native.linear(x, native.pack(w.to(storage)), b, 130, act)
+                for act in (0, 1, 2) for storage in (torch.float32, torch.bfloat16)], sys.argv[1])
 """
 
 
@@ -514,6 +515,29 @@ def test_native_panel_kernel_equals_linear(out_f, in_f):
 
 
 @pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
+@pytest.mark.parametrize("out_f,in_f", NATIVE_SHAPES)
+def test_native_bf16_panels_compute_as_fp32_panels_of_the_rounded_weight(out_f, in_f):
+    """Panels in bf16 are widened to fp32 as the kernel reads them: the same bits out as fp32
+    panels of the weight rounded to bf16, at every row count and activation."""
+    native = kernels.native_kernels()
+    g = torch.Generator().manual_seed(out_f + in_f)
+    w, b = torch.randn(out_f, in_f, generator=g), torch.randn(out_f, generator=g)
+    rounded = w.bfloat16()
+    panels, reference = native.pack(rounded), native.pack(rounded.float())
+    assert panels.dtype == torch.bfloat16 and panels.shape == reference.shape
+    assert torch.equal(native.unpack(panels, out_f), rounded)
+    for rows in (1, 2, 5, 6, 7, 13, 33):
+        x = torch.randn(rows, in_f, generator=g)
+        for bias, activation in ((b, 0), (None, 1), (b, 2)):
+            out = native.linear(x, panels, bias, out_f, activation)
+            assert out.dtype == torch.float32 and torch.equal(out, native.linear(x, reference, bias, out_f, activation))
+    with pytest.raises(RuntimeError, match="contiguous float32 CPU tensor"):  # inputs stay fp32
+        native.linear(torch.randn(2, in_f).bfloat16(), panels, b, out_f, 0)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        native.pack(w.half())
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 def test_native_kernel_fused_activations_match_torch():
     """GELU (erf) and ReLU computed as the kernel stores: against torch's own, over the range
     where erf bends and far into both tails (an identity weight passes x through)."""
@@ -536,6 +560,9 @@ def test_native_panels_start_on_a_2mb_boundary():
     panels = native.pack(w)
     assert panels.data_ptr() % (2 << 20) == 0 and panels.is_contiguous()
     assert torch.equal(native.unpack(panels, 1024), w)
+    w = torch.randn(2048, 1024).bfloat16()  # bf16 panels of 4 MB too
+    panels = native.pack(w)
+    assert panels.data_ptr() % (2 << 20) == 0 and torch.equal(native.unpack(panels, 2048), w)
 
 
 @pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")

@@ -20,7 +20,7 @@ struct Linear {
   torch::Tensor panels, bias;
   int64_t in, out;
   void operator()(const float* x, int64_t rows, float* y, int64_t activation = kNone) const {
-    panel_linear_into(x, rows, in, panels.data_ptr<float>(), bias.data_ptr<float>(), out, y, activation);
+    panel_linear_into(x, rows, in, panels, bias.data_ptr<float>(), out, y, activation);
   }
 };
 
@@ -42,7 +42,8 @@ bool is_float_cpu(const torch::Tensor& t, c10::ScalarType dtype = torch::kFloat)
 }
 
 Linear make_linear(const torch::Tensor& panels, const torch::Tensor& bias, int64_t in, int64_t out) {
-  TORCH_CHECK(is_float_cpu(panels) && panels.dim() == 3 && panels.size(1) == in && panels.size(2) == 64 &&
+  const bool stored = is_float_cpu(panels) || is_float_cpu(panels, torch::kBFloat16);  // fp32 or bf16 weights
+  TORCH_CHECK(stored && panels.dim() == 3 && panels.size(1) == in && panels.size(2) == 64 &&
                   panels.size(0) == (out + 63) / 64,
               "decoder_step: a weight is not [", out, ", ", in, "] in panels");
   TORCH_CHECK(is_float_cpu(bias) && bias.dim() == 1 && bias.size(0) == out, "decoder_step: a bias is not [", out, "]");

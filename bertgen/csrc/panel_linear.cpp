@@ -1,4 +1,5 @@
-// fp32 linear layers for CPU inference on AVX-512 or AVX2, in a layout of our own ("panels").
+// fp32 linear layers for CPU inference on AVX-512 or AVX2, in a layout of our own ("panels"),
+// with weights stored in fp32 or in bf16 (widened to fp32 as they are read: half the bytes).
 //
 // Why: oneDNN's packed kernels read a decoding step's weights at 27-40 GB/s where the
 // memory delivers 31-67, and greedy decoding is bound by that read. This kernel streams
@@ -8,7 +9,8 @@
 // Layout: a weight [out, in] becomes panels [ceil(out / 64), in, 64]: panel p holds outputs
 // 64p..64p+63, and for each input k their 64 weights side by side (zeros past `out`).
 // y[r, o] = bias[o] + sum_k x[r, k] W[o, k] is accumulated over k in order, one row at a time,
-// so a row's result does not depend on how many rows share the call.
+// so a row's result does not depend on how many rows share the call. bf16 panels hold the same
+// layout in 16-bit elements, the upper halves of the fp32 weights they were rounded from.
 #include "panel_linear.h"
 
 #include <immintrin.h>
@@ -34,6 +36,10 @@ inline Mask lane_mask(int64_t lanes) { return static_cast<Mask>((1u << lanes) - 
 inline Vec load_part(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
 inline void store_part(float* p, Mask m, Vec v) { _mm512_mask_storeu_ps(p, m, v); }
 inline Vec load(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec load(const uint16_t* p) {  // 16 bf16 widened to fp32: each 16 bits up into the high half
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 inline Vec broadcast(float x) { return _mm512_set1_ps(x); }
 inline Vec zero() { return _mm512_setzero_ps(); }
 inline Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
@@ -60,6 +66,10 @@ inline Mask lane_mask(int64_t lanes) {
 inline Vec load_part(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
 inline void store_part(float* p, Mask m, Vec v) { _mm256_maskstore_ps(p, m, v); }
 inline Vec load(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec load(const uint16_t* p) {  // 8 bf16 widened to fp32
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 inline Vec broadcast(float x) { return _mm256_set1_ps(x); }
 inline Vec zero() { return _mm256_setzero_ps(); }
 inline Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
@@ -133,8 +143,8 @@ inline Vec activate(Vec v, int64_t activation) {
 // `mask` keeps the lanes past `out` out of y. The last pass applies the activation before it
 // stores. Each output sums its inputs in order whatever R and C, so the result of a row does
 // not depend on the tile (or the CPU) that computed it.
-template <int R, int C>
-void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out, int64_t k0,
+template <int R, int C, typename W>
+void tile(const W* panel, const float* x, int64_t in, float* y, int64_t out, int64_t k0,
           int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
   Vec acc[R][C];
   for (int v = 0; v < C; ++v) {
@@ -143,7 +153,7 @@ void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out,
       else acc[r][v] = bias ? load_part(bias + kLanes * v, mask[v]) : zero();
     }
   }
-  const float* w = panel + k0 * kPanel;
+  const W* w = panel + k0 * kPanel;
   for (int64_t k = k0; k < k1; ++k, w += kPanel) {
     Vec wv[C];
     for (int v = 0; v < C; ++v) wv[v] = load(w + kLanes * v);
@@ -157,12 +167,12 @@ void tile(const float* panel, const float* x, int64_t in, float* y, int64_t out,
     for (int v = 0; v < C; ++v) store_part(y + r * out + kLanes * v, mask[v], activate(acc[r][v], act));
 }
 
-template <int R>
-void tail_tile(int rows_left, const float* panel, const float* x, int64_t in, float* y, int64_t out,
+template <int R, typename W>
+void tail_tile(int rows_left, const W* panel, const float* x, int64_t in, float* y, int64_t out,
                int64_t k0, int64_t k1, const float* bias, const Mask* mask, int64_t activation) {
   if constexpr (R > 1) {
     if (rows_left == R) return tile<R, kColumns>(panel, x, in, y, out, k0, k1, bias, mask, activation);
-    tail_tile<R - 1>(rows_left, panel, x, in, y, out, k0, k1, bias, mask, activation);
+    tail_tile<R - 1, W>(rows_left, panel, x, in, y, out, k0, k1, bias, mask, activation);
   }
 }
 
@@ -172,70 +182,44 @@ void tail_tile(int rows_left, const float* panel, const float* x, int64_t in, fl
 // (docs/GENERATION.md). The buffer is over-allocated by up to 2 MB of address space, never
 // touched, so it costs no memory. Where the kernel refuses (THP off), plain pages.
 torch::Tensor huge_page_zeros(at::IntArrayRef shape, const torch::TensorOptions& options) {
-  constexpr int64_t kHuge = 2 << 20, kFloats = kHuge / sizeof(float);
+  constexpr int64_t kHuge = 2 << 20;
+  const int64_t item = static_cast<int64_t>(options.dtype().itemsize()), per_huge = kHuge / item;
   int64_t numel = 1;
   for (auto n : shape) numel *= n;
-  if (numel * int64_t(sizeof(float)) < 2 * kHuge) return torch::zeros(shape, options);
-  auto buffer = torch::empty({numel + kFloats}, options);
-  const auto start = reinterpret_cast<uintptr_t>(buffer.data_ptr<float>());
+  if (numel * item < 2 * kHuge) return torch::zeros(shape, options);
+  auto buffer = torch::empty({numel + per_huge}, options);
+  const auto start = reinterpret_cast<uintptr_t>(buffer.data_ptr());
   const auto aligned = (start + kHuge - 1) & ~uintptr_t(kHuge - 1);
-  madvise(reinterpret_cast<void*>(aligned), (numel * sizeof(float)) & ~uintptr_t(kHuge - 1), MADV_HUGEPAGE);
-  return buffer.narrow(0, int64_t(aligned - start) / int64_t(sizeof(float)), numel).view(shape).zero_();
+  madvise(reinterpret_cast<void*>(aligned), (numel * item) & ~uintptr_t(kHuge - 1), MADV_HUGEPAGE);
+  return buffer.narrow(0, int64_t(aligned - start) / item, numel).view(shape).zero_();
 }
 
-void check_weight(const torch::Tensor& t, const char* what) {
+void check_float(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous(),
               "panel_linear: ", what, " must be a contiguous float32 CPU tensor");
 }
 
-}  // namespace
+// Weights and panels: fp32 or bf16 (the storage), contiguous, on the CPU.
+void check_storage(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kBFloat16) &&
+                  t.is_contiguous(),
+              "panel_linear: ", what, " must be a contiguous float32 or bfloat16 CPU tensor");
+}
 
-torch::Tensor pack(const torch::Tensor& weight) {
-  check_weight(weight, "the weight");
-  TORCH_CHECK(weight.dim() == 2, "panel_linear: the weight must be [out, in]");
-  const int64_t out = weight.size(0), in = weight.size(1), panels = (out + kPanel - 1) / kPanel;
-  auto packed = huge_page_zeros({panels, in, kPanel}, weight.options());
-  const float* src = weight.data_ptr<float>();
-  float* dst = packed.data_ptr<float>();
+const uint16_t* bf16_bits(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+template <typename W>
+void pack_into(const W* src, W* dst, int64_t out, int64_t in) {
+  const int64_t panels = (out + kPanel - 1) / kPanel;
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < panels; ++p)
     for (int64_t o = p * kPanel; o < std::min(out, (p + 1) * kPanel); ++o)
       for (int64_t k = 0; k < in; ++k) dst[(p * in + k) * kPanel + o % kPanel] = src[o * in + k];
-  return packed;
 }
 
-torch::Tensor unpack(const torch::Tensor& packed, int64_t out) {
-  check_weight(packed, "the packed weight");
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && out > (packed.size(0) - 1) * kPanel &&
-                  out <= packed.size(0) * kPanel,
-              "panel_linear: not a packed weight of ", out, " outputs");
-  return packed.transpose(1, 2).reshape({-1, packed.size(1)}).narrow(0, 0, out).contiguous();
-}
-
-// activation(x [rows, in] @ W.T + bias) for W packed by `pack`: [rows, out]. activation: 0
-// none, 1 GELU (erf), 2 ReLU.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const c10::optional<torch::Tensor>& bias,
-                     int64_t out, int64_t activation) {
-  TORCH_CHECK(activation >= kNone && activation <= kRelu, "panel_linear: unknown activation ", activation);
-  check_weight(x, "the input");
-  check_weight(packed, "the packed weight");
-  const int64_t rows = x.size(0), in = x.size(1), panels = packed.size(0);
-  TORCH_CHECK(x.dim() == 2 && packed.dim() == 3 && packed.size(1) == in && packed.size(2) == kPanel &&
-                  out > (panels - 1) * kPanel && out <= panels * kPanel,
-              "panel_linear: input [rows, ", in, "] does not fit the packed weight");
-  const float* b = nullptr;
-  if (bias.has_value()) {
-    check_weight(*bias, "the bias");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out, "panel_linear: the bias must be [out]");
-    b = bias->data_ptr<float>();
-  }
-  auto y = torch::empty({rows, out}, x.options());
-  panel_linear_into(x.data_ptr<float>(), rows, in, packed.data_ptr<float>(), b, out, y.data_ptr<float>(), activation);
-  return y;
-}
-
-void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* ws, const float* b, int64_t out,
-                       float* ys, int64_t activation) {
+template <typename W>
+void panel_linear(const float* xs, int64_t rows, int64_t in, const W* ws, const float* b, int64_t out,
+                  float* ys, int64_t activation) {
   if (rows == 0) return;
   const int64_t lead = kLeadRow && rows > 1 ? 1 : 0;  // rows streamed first (kLeadRow)
   const int64_t panels = (out + kPanel - 1) / kPanel, full_rows = rows - (rows - lead) % kRows;
@@ -243,7 +227,7 @@ void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* w
   for (int64_t p = 0; p < panels; ++p) {
     Mask mask[kVectors];
     for (int v = 0; v < kVectors; ++v) mask[v] = lane_mask(std::clamp<int64_t>(out - p * kPanel - kLanes * v, 0, kLanes));
-    const float* panel = ws + p * in * kPanel;
+    const W* panel = ws + p * in * kPanel;
     float* yp = ys + p * kPanel;
     const float* pb = b ? b + p * kPanel : nullptr;
     for (int64_t k0 = 0; k0 < in; k0 += kDepth) {
@@ -255,8 +239,8 @@ void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* w
         const float* bc = pb ? pb + col : nullptr;
         for (int64_t r = lead; r < full_rows; r += kRows)
           tile<kRows, kColumns>(panel + col, xs + r * in, in, yp + r * out + col, out, k0, k1, bc, mask + c, activation);
-        tail_tile<kRows - 1>(static_cast<int>(rows - full_rows), panel + col, xs + full_rows * in, in,
-                             yp + full_rows * out + col, out, k0, k1, bc, mask + c, activation);
+        tail_tile<kRows - 1, W>(static_cast<int>(rows - full_rows), panel + col, xs + full_rows * in, in,
+                                yp + full_rows * out + col, out, k0, k1, bc, mask + c, activation);
       }
       // a last single row takes the whole panel in one pass, streaming it front to back
       if (rows - full_rows == 1)
@@ -265,10 +249,62 @@ void panel_linear_into(const float* xs, int64_t rows, int64_t in, const float* w
   }
 }
 
+}  // namespace
+
+torch::Tensor pack(const torch::Tensor& weight) {
+  check_storage(weight, "the weight");
+  TORCH_CHECK(weight.dim() == 2, "panel_linear: the weight must be [out, in]");
+  const int64_t out = weight.size(0), in = weight.size(1), panels = (out + kPanel - 1) / kPanel;
+  auto packed = huge_page_zeros({panels, in, kPanel}, weight.options());
+  if (weight.scalar_type() == torch::kBFloat16)
+    pack_into(bf16_bits(weight), const_cast<uint16_t*>(bf16_bits(packed)), out, in);
+  else
+    pack_into(weight.data_ptr<float>(), packed.data_ptr<float>(), out, in);
+  return packed;
+}
+
+torch::Tensor unpack(const torch::Tensor& packed, int64_t out) {
+  check_storage(packed, "the packed weight");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == kPanel && out > (packed.size(0) - 1) * kPanel &&
+                  out <= packed.size(0) * kPanel,
+              "panel_linear: not a packed weight of ", out, " outputs");
+  return packed.transpose(1, 2).reshape({-1, packed.size(1)}).narrow(0, 0, out).contiguous();
+}
+
+// activation(x [rows, in] @ W.T + bias) for W packed by `pack` (fp32 or bf16 panels): fp32
+// [rows, out]. activation: 0 none, 1 GELU (erf), 2 ReLU.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, const c10::optional<torch::Tensor>& bias,
+                     int64_t out, int64_t activation) {
+  TORCH_CHECK(activation >= kNone && activation <= kRelu, "panel_linear: unknown activation ", activation);
+  check_float(x, "the input");
+  check_storage(packed, "the packed weight");
+  const int64_t rows = x.size(0), in = x.size(1), panels = packed.size(0);
+  TORCH_CHECK(x.dim() == 2 && packed.dim() == 3 && packed.size(1) == in && packed.size(2) == kPanel &&
+                  out > (panels - 1) * kPanel && out <= panels * kPanel,
+              "panel_linear: input [rows, ", in, "] does not fit the packed weight");
+  const float* b = nullptr;
+  if (bias.has_value()) {
+    check_float(*bias, "the bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out, "panel_linear: the bias must be [out]");
+    b = bias->data_ptr<float>();
+  }
+  auto y = torch::empty({rows, out}, x.options());
+  panel_linear_into(x.data_ptr<float>(), rows, in, packed, b, out, y.data_ptr<float>(), activation);
+  return y;
+}
+
+void panel_linear_into(const float* xs, int64_t rows, int64_t in, const torch::Tensor& panels, const float* b,
+                       int64_t out, float* ys, int64_t activation) {
+  if (panels.scalar_type() == torch::kBFloat16)
+    panel_linear(xs, rows, in, bf16_bits(panels), b, out, ys, activation);
+  else
+    panel_linear(xs, rows, in, panels.data_ptr<float>(), b, out, ys, activation);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("pack", &pack, "weight [out, in] -> panels [ceil(out / 64), in, 64]");
+  m.def("pack", &pack, "weight [out, in] (fp32 or bf16) -> panels [ceil(out / 64), in, 64] of its dtype");
   m.def("unpack", &unpack, "panels, out -> weight [out, in]");
-  m.def("linear", &linear, "activation(x [rows, in] @ weight.T + bias), the weight packed by pack; "
+  m.def("linear", &linear, "activation(x [rows, in] @ weight.T + bias) in fp32, the weight packed by pack; "
         "activation 0 none, 1 GELU (erf), 2 ReLU");
   m.def("huge_page_zeros", [](std::vector<int64_t> shape) { return huge_page_zeros(shape, torch::kFloat); },
         "float32 zeros laid out as the panels are (2 MB pages where the kernel allows): for reads measured alike");
