@@ -15,6 +15,7 @@ import json
 import sys
 
 from .generation import UNSET
+from .pipeline import QUANTIZATIONS
 
 
 def token_id_or_unset(value: str):
@@ -80,7 +81,8 @@ def add_generate(subparsers) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder or hub id (owner/name)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
-    p.add_argument("--quantize", choices=["int8", "4bit"], help="int8 (CPU) or 4bit (CUDA, bitsandbytes)")
+    p.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="int8 (CPU), bf16-weights (CPU: weights in bf16, math in fp32) or 4bit (CUDA, bitsandbytes)")
     p.add_argument("--batch-size", type=int, default=16, help="inputs decoded together (default 16)")
     p.add_argument("--json", action="store_true", help="one JSON object per input: text, score, seconds ...")
     p.add_argument("--as-is", action="store_true",

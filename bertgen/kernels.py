@@ -133,13 +133,28 @@ def _packs(dtype: torch.dtype) -> bool:
     return torch.allclose(out.float(), x @ w.T, atol=0.1 if dtype == torch.bfloat16 else 1e-4)
 
 
-def _pack(weight: Tensor, native: bool = True) -> Tensor | PanelWeight:
+def _pack(weight: Tensor, native: bool = True, storage: torch.dtype | None = None) -> Tensor | PanelWeight:
     """The weight [out, in] in the layout of the kernel that will read it, for any row count:
     fp32 with the native kernels built (and `native`), their panels; otherwise oneDNN's
-    blocked layout (an opaque tensor)."""
+    blocked layout (an opaque tensor). storage=torch.bfloat16: an fp32 weight rounded to bf16
+    in the native panels, which compute in fp32 (`quantize="bf16-weights"`)."""
     weight = weight.detach().contiguous()
+    if storage is not None:
+        return PanelWeight(_native_for(storage), weight.to(storage))
     native = native_kernels() if native and weight.dtype == torch.float32 else None
     return PanelWeight(native, weight) if native is not None else _ONEDNN_PACK(weight, None)
+
+
+def _native_for(storage: torch.dtype):
+    """The native kernels, for weights stored in `storage`; a clear error where they are missing."""
+    if storage not in PANEL_STORAGES:
+        raise ValueError(f"panels store {', '.join(map(str, PANEL_STORAGES))} weights, not {storage}")
+    native = native_kernels()
+    if native is None:
+        raise ValueError("weights stored in bf16 need bertgen's native CPU kernels, which are not built here "
+                           f"(an AVX2 or AVX-512 CPU, a C++ compiler and ninja; {NATIVE_ENV} not 0): "
+                           "use float32 or int8 instead")
+    return native
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,12 +253,17 @@ def _find_ninja() -> None:
 
 
 PANEL_WIDTH = 64  # outputs per panel (kPanel in panel_linear.cpp)
+# What panels may store: fp32, or bf16 widened to fp32 as the kernel reads it (half the bytes
+# to read: 1.8-2x faster at 1-4 rows, as fast from 32 rows; the math stays fp32)
+PANEL_STORAGES = (torch.float32, torch.bfloat16)
 
 
 class PanelWeight:
     """A weight [out, in] in the native kernel's layout: panels of 64 outputs, each [in, 64]
     (zeros past `out`), so one row's product streams each panel front to back. It answers
-    `dtype`, `shape`, `numel`, `element_size` and `to_dense` as the opaque oneDNN tensor does."""
+    `dtype`, `shape`, `numel`, `element_size` and `to_dense` as the opaque oneDNN tensor does;
+    `dtype` is what it computes in and returns (fp32), `storage` what its panels hold (fp32 or
+    bf16: `element_size` counts those bytes)."""
 
     __slots__ = ("native", "panels", "shape")
 
@@ -252,6 +272,10 @@ class PanelWeight:
 
     @property
     def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def storage(self) -> torch.dtype:
         return self.panels.dtype
 
     def numel(self) -> int:
@@ -261,19 +285,19 @@ class PanelWeight:
         return self.panels.element_size()
 
     def to_dense(self) -> Tensor:
-        return self.native.unpack(self.panels, self.shape[0])
+        return self.native.unpack(self.panels, self.shape[0]).float()
 
     def rows(self, index: Tensor) -> Tensor:
         """weight[index] ([*index.shape, in]), gathered from the panels: an embedding lookup
         from a tied LM head's panels (`PanelEmbedding`) needs no plain copy of the table."""
-        return self.panels[index // PANEL_WIDTH, :, index % PANEL_WIDTH]
+        return self.panels[index // PANEL_WIDTH, :, index % PANEL_WIDTH].float()
 
     def load_(self, weight: Tensor) -> None:
         """Packs `weight` (same shape) into these panels in place, so whoever shares them (a
         tied head and embedding lookup) sees the new values."""
         if tuple(weight.shape) != tuple(self.shape):
             raise ValueError(f"weight of shape {tuple(weight.shape)} for panels of {tuple(self.shape)}")
-        self.panels.copy_(self.native.pack(weight.detach().to(self.dtype).contiguous()))
+        self.panels.copy_(self.native.pack(weight.detach().to(self.storage).contiguous()))
 
     def linear(self, x: Tensor, bias: Tensor | None, activation: str | None = None) -> Tensor:
         """activation(x [rows, in] @ weight.T + bias); activation a key of `PANEL_ACTIVATIONS`."""
@@ -338,11 +362,12 @@ class PackedLinear(nn.Module):
     Inference only: no gradients, and no moving it (`unpack_linears` gives nn.Linear back).
     `state_dict()` holds a plain `weight`: a packed model saves like any other."""
 
-    def __init__(self, linear: nn.Linear, native: bool = True):
-        """native=False: oneDNN's layout even where the panel kernel is built (to compare them)."""
+    def __init__(self, linear: nn.Linear, native: bool = True, storage: torch.dtype | None = None):
+        """native=False: oneDNN's layout even where the panel kernel is built (to compare them).
+        storage=torch.bfloat16: an fp32 weight kept in bf16 panels (`_pack`)."""
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight, native)
+        self.packed = _pack(linear.weight, native, storage)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: Tensor, activation: str | None = None, bias: Tensor | None = None) -> Tensor:
@@ -395,7 +420,7 @@ class PackedLinear(nn.Module):
         raise TypeError("a packed model cannot be deep-copied; unpack_linears(model) first")
 
     def extra_repr(self) -> str:
-        layout = "panels" if type(self.packed) is PanelWeight else "onednn"
+        layout = f"panels of {self.packed.storage}" if type(self.packed) is PanelWeight else "onednn"
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias is not None}, dtype={self.packed.dtype}, layout={layout}"
 
@@ -455,16 +480,18 @@ class PanelEmbedding(nn.Module):
                f"(shared with the LM head)"
 
 
-def share_panels(embedding: nn.Embedding, head: nn.Linear) -> tuple[PanelEmbedding, PackedLinear] | None:
+def share_panels(embedding: nn.Embedding, head: nn.Linear,
+                 storage: torch.dtype | None = None) -> tuple[PanelEmbedding, PackedLinear] | None:
     """A tied embedding lookup and LM head (one Parameter) as one set of panels shared by a
-    `PanelEmbedding` and a `PackedLinear`; None (nothing to do) unless the weight is tied,
-    fp32 on CPU and the native kernels are built (oneDNN's opaque layout cannot be gathered)."""
+    `PanelEmbedding` and a `PackedLinear` (`storage` as for `PackedLinear`); None (nothing to
+    do) unless the weight is tied, fp32 on CPU and the native kernels are built (oneDNN's
+    opaque layout cannot be gathered)."""
     weight = embedding.weight
     if head.weight is not weight or weight.dtype != torch.float32 or weight.device.type != "cpu":
         return None
     if native_kernels() is None:
         return None
-    packed_head = PackedLinear(head)
+    packed_head = PackedLinear(head, storage=storage)
     return PanelEmbedding(embedding, packed_head.packed), packed_head
 
 
@@ -521,13 +548,13 @@ def packed_weights(model: nn.Module) -> list[Tensor]:
     return [m.packed for m in model.modules() if isinstance(m, PackedLinear)]
 
 
-def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> int:
-    """Replaces every packable nn.Linear in `model` (not inside `exclude`) by a PackedLinear,
-    in place; modules shared by several parents (tied encoder-decoder layers) stay shared.
-    Returns how many were packed (0 without oneDNN)."""
+def pack_linears(model: nn.Module, exclude: tuple[nn.Module, ...] = (), storage: torch.dtype | None = None) -> int:
+    """Replaces every packable nn.Linear in `model` (not inside `exclude`) by a PackedLinear
+    (`storage` as for PackedLinear), in place; modules shared by several parents (tied
+    encoder-decoder layers) stay shared. Returns how many were packed (0 without oneDNN)."""
     skip = {id(m) for root in exclude for m in root.modules()}
     return _replace_modules(model, lambda m: type(m) is nn.Linear and id(m) not in skip and packable(m.weight),
-                            PackedLinear, skip)
+                            functools.partial(PackedLinear, storage=storage), skip)
 
 
 def unpack_linears(model: nn.Module) -> int:

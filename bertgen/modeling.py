@@ -459,14 +459,15 @@ class BertGenerationDecoder(PreTrained):
         if self.config.tie_word_embeddings and not isinstance(self.bert.embeddings.word_embeddings, PanelEmbedding):
             self.lm_head.decoder.weight = self.bert.embeddings.word_embeddings.weight
 
-    def share_head_panels(self) -> bool:
+    def share_head_panels(self, storage: torch.dtype | None = None) -> bool:
         """For CPU inference: the tied LM head and word-embedding lookup as one set of panels of
-        the native kernel (`kernels.share_panels`), in place. The head then reads its weight in
-        the kernel's layout at no memory cost, as no plain copy is kept (large model against a
-        plain head, same tokens: greedy 1.07x faster, beam 4 1.19x). False (nothing changed)
-        when the head is not tied, not fp32 on CPU, or the kernel is not built."""
+        the native kernel (`kernels.share_panels`; `storage`: bf16 to keep them in bf16), in
+        place. The head then reads its weight in the kernel's layout at no memory cost, as no
+        plain copy is kept (large model against a plain head, same tokens: greedy 1.07x faster,
+        beam 4 1.19x). False (nothing changed) when the head is not tied, not fp32 on CPU, or
+        the kernel is not built."""
         emb, head = self.bert.embeddings, self.lm_head
-        shared = share_panels(emb.word_embeddings, head.decoder) if isinstance(head, LMHead) else None
+        shared = share_panels(emb.word_embeddings, head.decoder, storage) if isinstance(head, LMHead) else None
         if shared is None:
             return False
         emb.word_embeddings, head.decoder = shared

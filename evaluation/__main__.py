@@ -32,6 +32,7 @@ DECODING = {  # flag -> (type, help)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bertgen.pipeline import QUANTIZATIONS
     parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-index", type=int, default=0)
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"])
-    run.add_argument("--quantize", choices=["int8", "4bit"],
-                     help="int8: dynamic quantization of the linear layers (CPU); 4bit: bitsandbytes (CUDA)")
+    run.add_argument("--quantize", choices=QUANTIZATIONS,
+                     help="int8: dynamic quantization of the linear layers (CPU); bf16-weights: weights in bf16, "
+                          "math in fp32 (CPU); 4bit: bitsandbytes (CUDA)")
     run.add_argument("--sari-variant", choices=["paper", "common", "t2t"], help="default: the paper's")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--do-sample", action="store_true", default=None, help="sample instead of search")

@@ -55,7 +55,7 @@ def run_evaluation(model: str, benchmark: str | Benchmark, *, data_files=None, s
     `model` still names it in the record. `progress(done, total)` is called after every batch;
     when `should_stop()` returns True the run stops after the current batch (status "stopped",
     resumable). `max_data_bytes` raises the size limit on local data files (evaluation.data).
-    `dtype` / `quantize` ("int8", "4bit") load the model as `bertgen.pipeline` does; a run in
+    `dtype` / `quantize` ("int8", "bf16-weights", "4bit") load the model as `bertgen.pipeline` does; a run in
     another precision is another run (its own record), so their scores can be compared."""
     bench = get_benchmark(benchmark)
     if batch_size < 1:

@@ -57,7 +57,7 @@ class RunRecord:
     examples_per_second: float | None = None
     device: str = "cpu"
     dtype: str | None = None
-    quantize: str | None = None  # "int8" / "4bit" (bertgen.pipeline)
+    quantize: str | None = None  # "int8" / "bf16-weights" / "4bit" (bertgen.pipeline)
     hardware: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     date: str = ""

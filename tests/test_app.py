@@ -160,6 +160,25 @@ def test_int8_serves_and_is_counted(settings):
     assert result.texts[0] is not None
 
 
+def test_bf16_weights_serve_at_about_half_the_bytes(settings):
+    from bertgen.kernels import native_kernels
+    fusion = models.resolve("local:tiny-fusion", settings)
+    cache = models.ModelCache(limit_bytes=10**9)
+    if native_kernels() is None:  # the app says why rather than failing somewhere inside
+        with pytest.raises(ValueError, match="native CPU kernels"):
+            cache.get(fusion, "cpu", "bf16-weights")
+        return
+    full, half = cache.get(fusion, "cpu", "float32"), cache.get(fusion, "cpu", "bf16-weights")
+    assert half is not full and half.dtype == "bf16-weights" and len(cache.items()) == 2
+    # panels in bf16; LayerNorms, biases, position and encoder embeddings stay fp32
+    assert 0.45 * full.bytes < half.bytes < 0.7 * full.bytes
+    text = "the river flows . it is long ."
+    (result,) = half.pipe.run([text], max_new_tokens=8)
+    assert result.texts[0] and len(result.new_tokens) == 1
+    with pytest.raises(ValueError, match="CPU only"):
+        models.pick_dtype("bf16-weights", "cuda")
+
+
 def test_packed_weights_are_counted(settings):
     from bertgen.kernels import PackedLinear, native_kernels, packable
     fusion = models.resolve("local:tiny-fusion", settings)

@@ -343,6 +343,11 @@ def test_int8_run_is_its_own_run_and_says_so(tmp_path, tiny_model, data_file, ca
                                     4, fp32.settings, 0)
     with pytest.raises(RunError, match="unknown quantize"):
         run_evaluation(str(tiny_model), "wikisplit", data_files=data_file, quantize="int4", output_dir=tmp_path)
+    from bertgen.kernels import native_kernels
+    if native_kernels() is not None:  # weights in bf16, math in fp32: one more run of its own
+        assert cli.main(base + ["--quantize", "bf16-weights"]) == 0
+        bf16 = [r for r in load_runs(tmp_path) if r.quantize == "bf16-weights"]
+        assert len(bf16) == 1 and bf16[0].label == fp32.label + " (bf16-weights)" and bf16[0].num_done == 4
 
 
 BUNDLED_SPLIT = ROOT / "checkpoints" / "wikisplit-split-small"

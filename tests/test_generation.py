@@ -565,6 +565,55 @@ def test_native_decoder_step_equals_the_python_step(pair, monkeypatch):
         step(x, cache.keys, cache.values, 0, cross.keys, cross.values, None, 3, False)
 
 
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
+def test_bf16_weights_decode_as_the_fp32_model_with_its_weights_rounded(pair, tmp_path):
+    """quantize="bf16-weights": the linear weights and the tied head / lookup in bf16 panels,
+    widened as read, all arithmetic fp32: the very bits of an fp32 model whose weights were
+    rounded to bf16 beforehand, through the native decoder step, at half the bytes."""
+    from bertgen import generation
+    from bertgen.kernels import PackedLinear, PanelEmbedding
+    _, bg, _, folder = pair
+    model = prepare_model(bertgen.load(folder), quantize="bf16-weights")
+    rounded = bertgen.load(folder)
+    with torch.no_grad():  # every linear weight, the LM head's included (tied to the lookup)
+        for module in rounded.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.bfloat16().float())
+    reference = prepare_model(rounded, device="cpu")
+    linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert linears and all(m.packed.storage == torch.bfloat16 and m.packed.dtype == torch.float32 for m in linears)
+    assert isinstance(model.decoder.lm_head.decoder, PackedLinear)  # tied to the lookup or on its own
+    assert generation.native_decoder(model) is not None and model.quantization == "bf16-weights"
+    ids, mask = ragged_batch()
+    with torch.inference_mode():
+        for kw in (dict(), dict(num_beams=3, num_return_sequences=2, length_penalty=1.5)):
+            settings = resolve_settings(bg, max_new_tokens=10, **kw)
+            out = generate(model, ids, mask, settings, output_attentions=True)
+            ref = generate(reference, ids, mask, settings, output_attentions=True)
+            assert torch.equal(out.sequences, ref.sequences) and torch.equal(out.sequence_scores, ref.sequence_scores)
+            assert all(torch.equal(a, b) for a, b in zip(out.cross_attentions, ref.cross_attentions))
+    bertgen.save(model, tmp_path / "saved")  # saves as fp32: the rounded values
+    saved = bertgen.load(tmp_path / "saved").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in rounded.state_dict().items())
+    kernels.unpack_linears(model)  # trainable and movable again, in fp32
+    assert not any(isinstance(m, (PackedLinear, PanelEmbedding)) for m in model.modules())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="CPU only"):
+        prepare_model(bertgen.load(folder), device="cuda", quantize="bf16-weights")
+    with pytest.raises(ValueError, match="leave dtype unset"):
+        prepare_model(bertgen.load(folder), dtype="bfloat16", quantize="bf16-weights")
+
+
+def test_bf16_weights_without_the_native_kernels_say_so(untied, monkeypatch):
+    _, _, _, folder = untied
+    model = bertgen.load(folder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(kernels, "native_kernels", lambda: None)
+    with pytest.raises(ValueError, match="native CPU kernels.*float32 or int8"):
+        prepare_model(model, quantize="bf16-weights")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed
+
+
 def test_int8_quantization_keeps_tied_embeddings(untied):
     _, bg, _, folder = untied
     model = bertgen.load(folder)
@@ -610,6 +659,16 @@ def test_cli_generate(untied):
     assert [r["input"] for r in records] == lines
     assert [r["text"] for r in records] == [r.text for r in pipe.run(lines, num_beams=2, max_new_tokens=6)]
     assert {"text", "score", "seconds", "new_tokens", "truncated"} <= set(records[0])
+
+
+@pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
+def test_cli_generate_with_bf16_weights(untied):
+    _, _, _, folder = untied
+    pipe = pipeline(model=folder, quantize="bf16-weights")
+    done = run_cli("generate", "--model", str(folder), "--quantize", "bf16-weights", "--max-new-tokens", "6",
+                   "--json", "w5 w6 w7")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["text"] == pipe.run(["w5 w6 w7"], max_new_tokens=6)[0].text
 
 
 def test_cli_errors_are_one_line(untied, capsys):
