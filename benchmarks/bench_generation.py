@@ -72,6 +72,8 @@ CASES = {"greedy-b1": (1, 1), "beam4-b1": (4, 1), "beam4-b8": (4, 8)}  # (beams,
 INPUT_TOKENS, NEW_TOKENS = 64, 32
 PAD, EOS, START = 0, 1, 2
 THREADS = 2
+# the other precisions timed on CPU (the keys of their results -> their names in the table)
+LOW_PRECISIONS = {"bf16": "bf16", "int8": "int8", "bf16_weights": "bf16-weights"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,20 +182,19 @@ def measure(runners: dict, repeats: int, after_first=None) -> dict:
     """Best-of-`repeats` time for 1 and for NEW_TOKENS tokens per runner, interleaved; each
     runner's NEW_TOKENS times in repeat order ("tns") for `paired_cost_pct`. `after_first()`
     runs in each repeat right after the first runner (a bandwidth read for its floor)."""
-    best = {name: {"t1": float("inf"), "tn": float("inf"), "t1s": [], "tns": []} for name in runners}
+    runs = {name: {"t1s": [], "tns": []} for name in runners}
     for name, fn in runners.items():
         fn(2)  # warm-up
     for _ in range(repeats):
         for i, (name, fn) in enumerate(runners.items()):
-            best[name]["t1s"].append(timed(lambda: fn(1)))
-            best[name]["t1"] = min(best[name]["t1"], best[name]["t1s"][-1])
-            best[name]["tns"].append(timed(lambda: fn(NEW_TOKENS)))
-            best[name]["tn"] = min(best[name]["tn"], best[name]["tns"][-1])
+            runs[name]["t1s"].append(timed(lambda: fn(1)))
+            runs[name]["tns"].append(timed(lambda: fn(NEW_TOKENS)))
             if i == 0 and after_first is not None:
                 after_first()
-    for b in best.values():
-        b["ms_per_step"] = 1e3 * max(b["tn"] - b["t1"], 1e-9) / (NEW_TOKENS - 1)
-    return best
+    for r in runs.values():
+        r["t1"], r["tn"] = min(r["t1s"]), min(r["tns"])
+        r["ms_per_step"] = 1e3 * max(r["tn"] - r["t1"], 1e-9) / (NEW_TOKENS - 1)
+    return runs
 
 
 def paired_cost_pct(variant: dict, base: dict) -> float:
@@ -340,7 +341,10 @@ def bench_size(size: str, cases: list[str], repeats: int, read_bandwidth, do_rss
         del reference, unprepared, model
         gc.collect()
         variants = {"bf16": lambda: prepare_model(build_bertgen(size), dtype="bfloat16", device="cpu"),
-                    "int8": lambda: quantize_int8(build_bertgen(size))}
+                    "int8": lambda: quantize_int8(build_bertgen(size)),
+                    "bf16_weights": lambda: prepare_model(build_bertgen(size), quantize="bf16-weights")}
+        if kernels.native_kernels() is None:  # bf16 weights live in the native panels only
+            del variants["bf16_weights"]
         for name, make in variants.items():
             lowp = make()
             for row in rows:
@@ -390,17 +394,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['speedup']:.2f}x | {r['unprepared_ms_per_step']:.1f} "
             f"| {r['bertgen_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f} "
             f"| {r['floor_ms_per_step']:.1f} ({r['bandwidth_gbs']:.0f}) | {r['over_floor']:.2f} "
-            f"({r.get('over_floor_paired', float('nan')):.2f}) "
+            f"({r['over_floor_paired']:.2f}) "
             f"| {r['attention_cost_pct']:+.1f}% "
             f"| {_rss(r.get('rss_bertgen'))} | {_rss(r.get('rss_transformers'))} |")
-    lowp = [r for r in rows if "int8_ms_per_step" in r]
+    names = [n for n in LOW_PRECISIONS if any(f"{n}_ms_per_step" in r for r in rows)]
+    lowp = [r for r in rows if any(f"{n}_ms_per_step" in r for n in names)]
     if lowp:
-        lines += ["", "| size | case | bertgen bf16 ms/step | speed-up vs transformers fp32 "
-                      "| bertgen int8 ms/step | speed-up vs transformers fp32 |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["", "| size | case | " + " | ".join(f"bertgen {LOW_PRECISIONS[n]} ms/step | speed-up vs transformers fp32"
+                                                    for n in names) + " |", "|---|---|" + "---:|---:|" * len(names)]
         for r in lowp:
-            lines.append(f"| {r['size']} | {r['case']} | {r['bf16_ms_per_step']:.1f} "
-                         f"| {r['bf16_speedup_vs_transformers_fp32']:.2f}x | {r['int8_ms_per_step']:.1f} "
-                         f"| {r['int8_speedup_vs_transformers_fp32']:.2f}x |")
+            cells = [f"{r[f'{n}_ms_per_step']:.1f} | {r[f'{n}_speedup_vs_transformers_fp32']:.2f}x"
+                     if f"{n}_ms_per_step" in r else "n/a | n/a" for n in names]
+            lines.append(f"| {r['size']} | {r['case']} | " + " | ".join(cells) + " |")
     dtype = meta.get("dtype", "float32")
     lines += ["", f"KV caches in bf16 (`cache_dtype=\"bfloat16\"`; {dtype} weights and math): time against {dtype} "
                   "caches in the same run, peak RSS.", "",
@@ -423,12 +428,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small model, 1 repeat, no RSS/int8: < 1 min")
+    parser.add_argument("--quick", action="store_true", help="small model, 1 repeat, no RSS or other precisions: < 1 min")
     parser.add_argument("--sizes", default=None, help="comma-separated: small,large")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ",".join(CASES))
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-rss", action="store_true")
-    parser.add_argument("--no-lowp", action="store_true", help="skip the bf16 and int8 measurements")
+    parser.add_argument("--no-lowp", action="store_true", help="skip the bf16, int8 and bf16-weights measurements")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: both frameworks on the GPU (no peak RSS, no CPU precision table)")

@@ -47,3 +47,23 @@ def test_generation_benchmark_runs_in_another_dtype_and_refuses_a_missing_gpu(tm
         done = subprocess.run([*command, "--device", "cuda"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 2 and "sees no CUDA device" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_generation_benchmark_times_the_other_precisions(tmp_path):
+    """bf16, int8 and (where the native kernels hold them) bf16 weights, each against
+    transformers fp32, in a table of their own."""
+    from bertgen.kernels import native_kernels
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "benchmarks/bench_generation.py", "--sizes", "small", "--cases", "greedy-b1",
+                           "--repeats", "1", "--no-rss", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "bench_generation.json").read_text())["rows"]
+    names = ["bf16", "int8"] + (["bf16_weights"] if native_kernels() is not None else [])
+    for name in names:
+        assert row[f"{name}_ms_per_step"] > 0 and row[f"{name}_speedup_vs_transformers_fp32"] > 0
+    table = (tmp_path / "bench_generation.md").read_text()
+    header = "| size | case | bertgen bf16 ms/step | speed-up vs transformers fp32 | bertgen int8 ms/step |"
+    assert header in table and ("bertgen bf16-weights ms/step" in table) == ("bf16_weights" in names)
+    cells = " | ".join(f"{row[f'{n}_ms_per_step']:.1f} | {row[f'{n}_speedup_vs_transformers_fp32']:.2f}x" for n in names)
+    assert f"| small | greedy-b1 | {cells} |" in table
