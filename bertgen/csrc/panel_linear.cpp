@@ -154,12 +154,15 @@ void tile(const W* panel, const float* x, int64_t in, float* y, int64_t out, int
     }
   }
   const W* w = panel + k0 * kPanel;
+  // One weight vector live at a time: R x C accumulators + R inputs + 1 fit the registers (16 on
+  // AVX2) even when a weight must be widened into a register first (bf16) rather than read by
+  // the FMA itself.
   for (int64_t k = k0; k < k1; ++k, w += kPanel) {
-    Vec wv[C];
-    for (int v = 0; v < C; ++v) wv[v] = load(w + kLanes * v);
-    for (int r = 0; r < R; ++r) {
-      const Vec xv = broadcast(x[r * in + k]);
-      for (int v = 0; v < C; ++v) acc[r][v] = fmadd(wv[v], xv, acc[r][v]);
+    Vec xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = broadcast(x[r * in + k]);
+    for (int v = 0; v < C; ++v) {
+      const Vec wv = load(w + kLanes * v);
+      for (int r = 0; r < R; ++r) acc[r][v] = fmadd(wv, xv[r], acc[r][v]);
     }
   }
   const int64_t act = k1 == in ? activation : kNone;
