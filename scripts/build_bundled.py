@@ -332,7 +332,7 @@ def _precision_text(runs: Path, task: str) -> str:
             lines.append(f"| {what} | {m['bleu']:.2f} ({m['bleu'] - f['bleu']:+.2f}) | "
                          f"{m['sari']:.2f} ({m['sari'] - f['sari']:+.2f}) | "
                          f"{m['exact_match']:.2f} ({m['exact_match'] - f['exact_match']:+.2f}) | "
-                         f"{r['same_as_float32'] / r['rows']:.0%} |")
+                         f"{r['same_as_float32'] / r['rows']:.1%} |")
             rows = r["rows"]
     if not lines:
         return ""
