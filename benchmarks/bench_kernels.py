@@ -5,8 +5,10 @@ row counts that occur (1 = greedy step, 4 = beams, 32 = beam 4 x batch 8, 64/256
 encoder pass), and for LM heads (vocab x hidden) at a step's row counts, it reports ms per
 call of F.linear, of `kernels.matmul` on the plain weight, of `kernels.PackedLinear` as
 `prepare_model` holds it on CPU (the native panel kernel's layout where it is built), of
-PackedLinear in oneDNN's blocked layout (its fallback) and of PackedLinear in bf16 where the
-CPU packs bf16; best of `--repeats`, all interleaved so they see the same machine load.
+PackedLinear in oneDNN's blocked layout (its fallback), of PackedLinear in bf16 where the
+CPU packs bf16, and of PackedLinear with its fp32 weight stored in bf16 panels
+(`quantize="bf16-weights"`) where the native kernels build; best of `--repeats`, all
+interleaved so they see the same machine load.
 
 Usage:  python benchmarks/bench_kernels.py [--threads 2] [--save]   (--save keeps benchmarks/results_kernels.md)
 """
@@ -65,6 +67,9 @@ def main() -> int:
             onednn = [kernels.PackedLinear(layer, native=False) for layer in layers]
             packed_bf16 = ([kernels.PackedLinear(copy.deepcopy(layer).to(torch.bfloat16)) for layer in layers]
                            if kernels.packable(layers[0].weight.bfloat16()) else None)
+            # fp32 math on weights stored in bf16 panels (quantize="bf16-weights")
+            bf16_weights = ([kernels.PackedLinear(layer, storage=torch.bfloat16) for layer in layers]
+                            if kernels.native_kernels() is not None else None)
             for rows in row_counts:
                 x = torch.randn(rows, in_f)
                 ms = {
@@ -76,11 +81,13 @@ def main() -> int:
                 if packed_bf16:
                     xb = x.bfloat16()
                     ms["packed bf16"] = best_ms(lambda: [m(xb) for m in packed_bf16], args.repeats)
+                if bf16_weights:
+                    ms["bf16 weights"] = best_ms(lambda: [m(x) for m in bf16_weights], args.repeats)
                 row = {"out": out_f, "in": in_f, "rows": rows, **{k: round(v / count, 3) for k, v in ms.items()}}
                 row["packed GFLOP/s"] = round(2 * rows * out_f * in_f / 1e9 / (row["packed"] / 1e3), 1)
                 rows_out.append(row)
                 print(json.dumps(row), flush=True)
-    bf16 = "packed bf16" in rows_out[0]
+    bf16, bf16_weights = "packed bf16" in rows_out[0], "bf16 weights" in rows_out[0]
     layout = ("the native panel kernel (bertgen/csrc/panel_linear.cpp)" if kernels.native_kernels() is not None
               else "oneDNN's blocked layout (the native kernel is not built here)")
     lines = [f"Kernel benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {args.threads} threads, torch "
@@ -90,14 +97,18 @@ def main() -> int:
              f"PackedLinear: {layout}.", "",
              f"| out x in | rows | F.linear ms | kernels.matmul ms | PackedLinear ms | oneDNN packed ms | "
              f"packed vs F.linear | packed vs matmul | packed vs oneDNN packed |"
-             f"{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}",
-             f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"]
+             f"{' packed bf16 ms | bf16 vs matmul |' if bf16 else ''}"
+             f"{' bf16-weights ms | bf16-weights vs packed |' if bf16_weights else ''}",
+             f"|---|---:|---:|---:|---:|---:|---:|---:|---:|{'---:|---:|' if bf16 else ''}"
+             f"{'---:|---:|' if bf16_weights else ''}"]
     for r in rows_out:
         line = (f"| {r['out']} x {r['in']} | {r['rows']} | {r['F.linear']} | {r['matmul']} | {r['packed']} | "
                 f"{r['oneDNN packed']} | {r['F.linear'] / r['packed']:.2f}x | {r['matmul'] / r['packed']:.2f}x | "
                 f"{r['oneDNN packed'] / r['packed']:.2f}x |")
         if bf16:
             line += f" {r['packed bf16']} | {r['matmul'] / r['packed bf16']:.2f}x |"
+        if bf16_weights:
+            line += f" {r['bf16 weights']} | {r['packed'] / r['bf16 weights']:.2f}x |"
         lines.append(line)
     table = "\n".join(lines) + "\n"
     print("\n" + table)
