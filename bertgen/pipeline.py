@@ -30,6 +30,9 @@ from .modeling import EncoderDecoderModel, LMHead
 
 TASKS = ("text2text-generation",)
 QUANTIZATIONS = ("int8", "bf16-weights", "4bit")
+# the CPU ones: what computes them, and what to use on CUDA instead
+CPU_QUANTIZATIONS = {"int8": ("torch dynamic quantization", "quantize='4bit' or dtype='bfloat16'"),
+                     "bf16-weights": ("bertgen's native kernels", "dtype='bfloat16'")}
 
 
 def precision_args(precision: str | None) -> dict:
@@ -83,20 +86,14 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
     dtype = checkpoints._dtype(dtype)
     kernels.unpack_linears(model)  # prepared before (a second pipeline over one model): start plain
     model.fuse_projections(False)
-    if quantize == "int8":
+    if quantize in CPU_QUANTIZATIONS:  # fp32 math on the CPU
+        what, on_cuda = CPU_QUANTIZATIONS[quantize]
         if device is not None and torch.device(device).type != "cpu":
-            raise ValueError("quantize='int8' (torch dynamic quantization) runs on CPU only; "
-                             "on CUDA use quantize='4bit' or dtype='bfloat16'")
+            raise ValueError(f"quantize={quantize!r} ({what}) runs on CPU only; on CUDA use {on_cuda}")
         if dtype not in (None, torch.float32):
-            raise ValueError("quantize='int8' computes in float32; leave dtype unset")
-        return quantize_int8(model.to("cpu", torch.float32))
-    if quantize == "bf16-weights":
-        if device is not None and torch.device(device).type != "cpu":
-            raise ValueError("quantize='bf16-weights' (bertgen's native kernels) runs on CPU only; "
-                             "on CUDA use dtype='bfloat16'")
-        if dtype not in (None, torch.float32):
-            raise ValueError("quantize='bf16-weights' computes in float32; leave dtype unset")
-        return bf16_weights(model.to("cpu", torch.float32))
+            raise ValueError(f"quantize={quantize!r} computes in float32; leave dtype unset")
+        quantizer = quantize_int8 if quantize == "int8" else bf16_weights
+        return quantizer(model.to("cpu", torch.float32))
     device = torch.device(device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")

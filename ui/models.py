@@ -135,9 +135,9 @@ def pick_device(name: str = "auto") -> str:
 
 
 INT8 = "int8"  # dynamic quantization of the linear layers (bertgen.pipeline): CPU only, ~3-5x faster
-# Precisions that store the weights smaller, on CPU only (bertgen.pipeline), and the bytes per
-# weight they keep: int8, and bf16 weights with fp32 math (bertgen's native kernels)
-CPU_QUANTIZATIONS = {INT8: 1, "bf16-weights": 2}
+# The CPU quantizations (bertgen.pipeline.CPU_QUANTIZATIONS) and the bytes per weight they keep:
+# int8, and bf16 weights with fp32 math (bertgen's native kernels)
+CPU_WEIGHT_BYTES = {INT8: 1, "bf16-weights": 2}
 
 
 def pick_dtype(name: str, device: str) -> str:
@@ -146,12 +146,12 @@ def pick_dtype(name: str, device: str) -> str:
         if device.startswith("cuda"):
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "float32"
-    if name in CPU_QUANTIZATIONS:
+    if name in CPU_WEIGHT_BYTES:
         if device != "cpu":
             raise ValueError(f"{name} runs on the CPU only; on a GPU choose bfloat16 or float16.")
         return name
     if name not in DTYPES:
-        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join([*DTYPES, *CPU_QUANTIZATIONS])}.")
+        raise ValueError(f"Unknown dtype {name!r}; choose one of {', '.join([*DTYPES, *CPU_WEIGHT_BYTES])}.")
     return name
 
 
@@ -173,7 +173,7 @@ def estimate_bytes(ckpt: Checkpoint, dtype: str) -> int:
     if ckpt.downloads:
         return 0
     try:
-        itemsize = CPU_QUANTIZATIONS[dtype] if dtype in CPU_QUANTIZATIONS else DTYPES[dtype].itemsize
+        itemsize = CPU_WEIGHT_BYTES[dtype] if dtype in CPU_WEIGHT_BYTES else DTYPES[dtype].itemsize
         return load_config(ckpt.location).num_parameters() * itemsize
     except (OSError, ConfigError):
         return 0

@@ -14,7 +14,7 @@ from .gpu import gpu
 from .inference import user_errors
 from .settings import Settings
 
-DTYPE_CHOICES = ["auto", *models.DTYPES, *models.CPU_QUANTIZATIONS]
+DTYPE_CHOICES = ["auto", *models.DTYPES, *models.CPU_WEIGHT_BYTES]
 
 
 def process_memory_mb() -> float:
