@@ -92,6 +92,9 @@ def prepare_model(model: EncoderDecoderModel, dtype: torch.dtype | str | None = 
             raise ValueError(f"quantize={quantize!r} ({what}) runs on CPU only; on CUDA use {on_cuda}")
         if dtype not in (None, torch.float32):
             raise ValueError(f"quantize={quantize!r} computes in float32; leave dtype unset")
+        if quantize == "bf16-weights" and not pack:
+            raise ValueError("quantize='bf16-weights' keeps the weights in the native kernel's panels; "
+                             "it cannot leave them unpacked (pack=False)")
         quantizer = quantize_int8 if quantize == "int8" else bf16_weights
         return quantizer(model.to("cpu", torch.float32))
     device = torch.device(device or default_device())

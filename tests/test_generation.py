@@ -602,6 +602,8 @@ def test_bf16_weights_decode_as_the_fp32_model_with_its_weights_rounded(pair, tm
         prepare_model(bertgen.load(folder), device="cuda", quantize="bf16-weights")
     with pytest.raises(ValueError, match="leave dtype unset"):
         prepare_model(bertgen.load(folder), dtype="bfloat16", quantize="bf16-weights")
+    with pytest.raises(ValueError, match="cannot leave them unpacked"):
+        prepare_model(bertgen.load(folder), quantize="bf16-weights", pack=False)
 
 
 def test_bf16_weights_without_the_native_kernels_say_so(untied, monkeypatch):
