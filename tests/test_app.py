@@ -444,6 +444,11 @@ def test_api_load_and_unload(client):
     message, _, table = client.predict("local:tiny-split", "int8", api_name="/load_model")
     assert "as int8" in message and "int8" in json.dumps(table)
     client.predict("local:tiny-split", api_name="/unload_model")
+    from bertgen.kernels import native_kernels
+    if native_kernels() is not None:
+        message, _, table = client.predict("local:tiny-split", "bf16-weights", api_name="/load_model")
+        assert "as bf16-weights" in message and "bf16-weights" in json.dumps(table)
+        client.predict("local:tiny-split", api_name="/unload_model")
 
 
 def test_visible_text_keeps_the_sentence_separator(settings):
