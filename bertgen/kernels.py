@@ -265,10 +265,12 @@ class PanelWeight:
     `dtype` is what it computes in and returns (fp32), `storage` what its panels hold (fp32 or
     bf16: `element_size` counts those bytes)."""
 
-    __slots__ = ("native", "panels", "shape")
+    __slots__ = ("native", "panels", "shape", "columns")
 
     def __init__(self, native, weight: Tensor):
         self.native, self.panels, self.shape = native, native.pack(weight), weight.shape
+        # where each output sits in a panel (in order for fp32; bf16 interleaves pairs of vectors)
+        self.columns = None if self.panels.dtype == torch.float32 else native.columns(self.panels)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -290,7 +292,8 @@ class PanelWeight:
     def rows(self, index: Tensor) -> Tensor:
         """weight[index] ([*index.shape, in]), gathered from the panels: an embedding lookup
         from a tied LM head's panels (`PanelEmbedding`) needs no plain copy of the table."""
-        return self.panels[index // PANEL_WIDTH, :, index % PANEL_WIDTH].float()
+        column = index % PANEL_WIDTH if self.columns is None else self.columns[index % PANEL_WIDTH]
+        return self.panels[index // PANEL_WIDTH, :, column].float()
 
     def load_(self, weight: Tensor) -> None:
         """Packs `weight` (same shape) into these panels in place, so whoever shares them (a

@@ -526,6 +526,10 @@ def test_native_bf16_panels_compute_as_fp32_panels_of_the_rounded_weight(out_f, 
     panels, reference = native.pack(rounded), native.pack(rounded.float())
     assert panels.dtype == torch.bfloat16 and panels.shape == reference.shape
     assert torch.equal(native.unpack(panels, out_f), rounded)
+    # a tied lookup gathers rows from the panels, whose bf16 columns are interleaved in pairs
+    ids = torch.tensor(sorted({0, 1, 7, 8, 15, 16, 31, 32, 63, 64, 100, out_f - 1} & set(range(out_f))))
+    weight = kernels.PanelWeight(native, rounded)
+    assert weight.storage == torch.bfloat16 and torch.equal(weight.rows(ids), rounded[ids].float())
     for rows in (1, 2, 5, 6, 7, 13, 33):
         x = torch.randn(rows, in_f, generator=g)
         for bias, activation in ((b, 0), (None, 1), (b, 2)):
