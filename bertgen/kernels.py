@@ -140,20 +140,19 @@ def _pack(weight: Tensor, native: bool = True, storage: torch.dtype | None = Non
     in the native panels, which compute in fp32 (`quantize="bf16-weights"`)."""
     weight = weight.detach().contiguous()
     if storage is not None:
-        return PanelWeight(_native_for(storage), weight.to(storage))
+        return PanelWeight(require_native_kernels(), weight.to(storage))
     native = native_kernels() if native and weight.dtype == torch.float32 else None
     return PanelWeight(native, weight) if native is not None else _ONEDNN_PACK(weight, None)
 
 
-def _native_for(storage: torch.dtype):
-    """The native kernels, for weights stored in `storage`; a clear error where they are missing."""
-    if storage not in PANEL_STORAGES:
-        raise ValueError(f"panels store {', '.join(map(str, PANEL_STORAGES))} weights, not {storage}")
+def require_native_kernels():
+    """The native kernels, or a clear error where they are missing: weights stored in bf16 live
+    only in their panels (the kernel checks the storage dtype itself)."""
     native = native_kernels()
     if native is None:
         raise ValueError("weights stored in bf16 need bertgen's native CPU kernels, which are not built here "
-                           f"(an AVX2 or AVX-512 CPU, a C++ compiler and ninja; {NATIVE_ENV} not 0): "
-                           "use float32 or int8 instead")
+                         f"(an AVX2 or AVX-512 CPU, a C++ compiler and ninja; {NATIVE_ENV} not 0): "
+                         "use float32 or int8 instead")
     return native
 
 
@@ -253,9 +252,6 @@ def _find_ninja() -> None:
 
 
 PANEL_WIDTH = 64  # outputs per panel (kPanel in panel_linear.cpp)
-# What panels may store: fp32, or bf16 widened to fp32 as the kernel reads it (half the bytes
-# to read: 1.8-2x faster at 1-4 rows, as fast from 32 rows; the math stays fp32)
-PANEL_STORAGES = (torch.float32, torch.bfloat16)
 
 
 class PanelWeight:

@@ -130,7 +130,7 @@ def bf16_weights(model: EncoderDecoderModel) -> EncoderDecoderModel:
     bf16 and stored so in the native panels, which widen them back to fp32 as they read them:
     decoding reads half the bytes, and all arithmetic stays fp32. LayerNorms, biases and
     position embeddings stay fp32 (~0.1% of the weights)."""
-    kernels._native_for(torch.bfloat16)  # a clear error before anything changes
+    kernels.require_native_kernels()  # a clear error before anything changes
     model.fuse_projections()
     kernels.pack_linears(model, exclude=(model.decoder.lm_head,), storage=torch.bfloat16)
     if not model.decoder.share_head_panels(storage=torch.bfloat16):  # an LM head of its own

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -110,8 +111,8 @@ constexpr bool kLeadRow = kColumns < kVectors;
 
 // Where output j (0-63) of a panel sits among each input's 64 weights: in order in fp32 panels;
 // in bf16 panels each pair of vectors is interleaved (output i and output kLanes + i side by
-// side), so that one stretch widens into both with a shift and a mask (`load_low`, `load_high`): on AVX2
-// 1.2x faster at 32-256 rows than widening 8 at a time with a shuffle, as fast on AVX-512.
+// side), so that one stretch widens into both with a shift and a mask (`load_low`, `load_high`):
+// on AVX2 1.2x faster at 32-256 rows than widening 8 at a time with a shuffle; as fast on AVX-512.
 template <typename W>
 constexpr int64_t column(int64_t j) {
   if constexpr (std::is_same_v<W, float>) return j;
@@ -239,7 +240,7 @@ void check_storage(const torch::Tensor& t, const char* what) {
               "panel_linear: ", what, " must be a contiguous float32 or bfloat16 CPU tensor");
 }
 
-const uint16_t* bf16_bits(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+uint16_t* bf16_bits(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
 template <typename W>
 void pack_into(const W* src, W* dst, int64_t out, int64_t in) {
@@ -252,10 +253,10 @@ void pack_into(const W* src, W* dst, int64_t out, int64_t in) {
 
 // column<W>(j) for j = 0..63, for the panels' dtype
 torch::Tensor columns_of(const torch::Tensor& panels) {
-  auto columns = torch::empty({kPanel}, torch::kLong);
+  std::vector<int64_t> columns(kPanel);
   for (int64_t j = 0; j < kPanel; ++j)
     columns[j] = panels.scalar_type() == torch::kBFloat16 ? column<uint16_t>(j) : column<float>(j);
-  return columns;
+  return torch::tensor(columns);
 }
 
 template <typename W>
@@ -298,7 +299,7 @@ torch::Tensor pack(const torch::Tensor& weight) {
   const int64_t out = weight.size(0), in = weight.size(1), panels = (out + kPanel - 1) / kPanel;
   auto packed = huge_page_zeros({panels, in, kPanel}, weight.options());
   if (weight.scalar_type() == torch::kBFloat16)
-    pack_into(bf16_bits(weight), const_cast<uint16_t*>(bf16_bits(packed)), out, in);
+    pack_into<uint16_t>(bf16_bits(weight), bf16_bits(packed), out, in);
   else
     pack_into(weight.data_ptr<float>(), packed.data_ptr<float>(), out, in);
   return packed;
