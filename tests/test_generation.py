@@ -529,6 +529,31 @@ def test_prepare_model_packs_for_cpu_and_decodes_the_same(pair, tmp_path):
     assert type(model.decoder.bert.embeddings.word_embeddings) is torch.nn.Embedding  # plain again
 
 
+def test_shared_prefix_cache_keeps_each_prefix_once(untied):
+    """The native step's cache: beams that continue one hypothesis name the same slots (a
+    reorder moves no keys), and each new position takes the lowest slots no row names."""
+    from bertgen.generation import SharedPrefixCache
+    config = untied[1].config.decoder
+    cache = SharedPrefixCache(config, 4, 4, torch.float32, "cpu")
+    assert cache.keys[0].shape == (16, config.num_attention_heads, config.head_dim)
+    cache.claim()
+    assert cache.slots[:, 0].tolist() == [0, 1, 2, 3] and cache.slots[0].tolist() == [0, 4, 8, 12]  # s * rows + r
+    cache.advance(1)
+    cache.reorder(torch.arange(4))  # no beam moved: the table stays
+    cache.claim()
+    assert cache.slots[:, 1].tolist() == [4, 5, 6, 7]
+    cache.advance(1)
+    keys = cache.keys[0].normal_().clone()
+    cache.reorder(torch.tensor([0, 0, 1, 1]))  # rows 0 and 1 continue old row 0, rows 2 and 3 old row 1
+    assert torch.equal(cache.keys[0], keys)
+    cache.claim()  # slots 2, 3, 6 and 7 are named by no row any more
+    assert cache.slots[:, :3].tolist() == [[0, 4, 2], [0, 4, 3], [1, 5, 6], [1, 5, 7]]
+    cache.advance(1)
+    cache.select(torch.tensor([2, 3]))  # rows 0 and 1 leave the batch: slots 0, 2, 3 and 4 free
+    cache.claim()
+    assert cache.slots.tolist() == [[1, 5, 6, 0], [1, 5, 7, 2]]
+
+
 @pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")
 def test_native_decoder_step_equals_the_python_step(pair, monkeypatch):
     """The decoder stack in one native call (`native_decoder`) against the layer-by-layer step
@@ -558,11 +583,14 @@ def test_native_decoder_step_equals_the_python_step(pair, monkeypatch):
     with pytest.raises(RuntimeError, match="a layer needs 18 tensors, got 2"):
         native.DecoderStep([[torch.ones(1), torch.ones(1)]], 32, 64, 4, 1, 1e-12)
     step, x = generation.native_decoder(model), torch.zeros(2, 32)
-    cache, cross = model.new_cache(2, 4), model.cross_cache(torch.zeros(1, 3, 32), None, group=2)
+    cache = generation.new_cache(model, 2, 4, None, step)
+    cross = model.cross_cache(torch.zeros(1, 3, 32), None, group=2)
     with pytest.raises(RuntimeError, match="self-attention cache full"):
-        step(x, cache.keys, cache.values, 4, cross.keys, cross.values, None, 2, False)
+        step(x, cache.keys, cache.values, cache.slots, 4, cross.keys, cross.values, None, 2, False)
     with pytest.raises(RuntimeError, match="rows are not groups of 3"):
-        step(x, cache.keys, cache.values, 0, cross.keys, cross.values, None, 3, False)
+        step(x, cache.keys, cache.values, cache.slots, 0, cross.keys, cross.values, None, 3, False)
+    with pytest.raises(RuntimeError, match="slot 8 of row 1 is outside the pool of 8"):
+        step(x, cache.keys, cache.values, cache.slots + 1, 3, cross.keys, cross.values, None, 2, False)
 
 
 @pytest.mark.skipif(kernels.native_kernels() is None, reason="the native kernel needs an AVX-512 or AVX2 CPU and a C++ toolchain")

@@ -79,15 +79,16 @@ void add_norm(float* x, const float* y, int64_t rows, int64_t hidden, const Norm
   }
 }
 
-// out [d] = softmax(q . keys[s] * scale + mask[s]) @ values over s < length; the
-// probabilities are left in probs [length]. Keys and values: float32, or a half-precision
-// cache (`cache_dtype`) read as float32, as the Python step does.
+// out [d] = softmax(q . key(s) * scale + mask[s]) @ value(s) over s < length; the
+// probabilities are left in probs [length]. Position s's key and value lie at
+// path[s] * stride in keys and values, or at s * d without a path. Keys and values: float32,
+// or a half-precision cache (`cache_dtype`) read as float32, as the Python step does.
 template <typename T>
-void attend(const float* q, const T* keys, const T* values, int64_t length, int64_t d, float scale,
-            const float* mask, float* probs, float* out) {
+void attend(const float* q, const T* keys, const T* values, const int64_t* path, int64_t stride, int64_t length,
+            int64_t d, float scale, const float* mask, float* probs, float* out) {
   float top = -std::numeric_limits<float>::infinity();
   for (int64_t s = 0; s < length; ++s) {
-    const T* k = keys + s * d;
+    const T* k = keys + (path ? path[s] * stride : s * d);
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < d; ++j) dot += q[j] * static_cast<float>(k[j]);
@@ -100,7 +101,7 @@ void attend(const float* q, const T* keys, const T* values, int64_t length, int6
   std::fill(out, out + d, 0.f);
   for (int64_t s = 0; s < length; ++s) {
     const float p = probs[s] *= inverse;
-    const T* v = values + s * d;
+    const T* v = values + (path ? path[s] * stride : s * d);
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) out[j] += p * static_cast<float>(v[j]);
   }
@@ -127,17 +128,19 @@ class DecoderStep {
     }
   }
 
-  // x [rows, hidden]: the new tokens' embeddings. self_keys/values[l] [rows, heads, capacity,
-  // d]: this step's key and value are written at `position`. cross_keys/values[l] [rows /
+  // x [rows, hidden]: the new tokens' embeddings. self_keys/values[l] [slots, heads, d]: a pool
+  // of slots; slots [rows, capacity] (int64) names the slot of each row's positions, and this
+  // step's key and value go to slot slots[row, position], which no other row may name (rows
+  // whose hypotheses share a prefix name the same slots for it). cross_keys/values[l] [rows /
   // group, heads, source, d]: the `group` consecutive rows of one input (its beams) share its
   // entry. cross_mask [rows / group, source]: additive, or none. Returns the hidden states
   // [rows, hidden] and, when need_weights, each layer's self-attention [rows, heads,
   // position + 1] and cross-attention [rows, heads, source] probabilities.
   std::tuple<torch::Tensor, std::vector<torch::Tensor>, std::vector<torch::Tensor>> operator()(
       const torch::Tensor& x_in, const std::vector<torch::Tensor>& self_keys,
-      const std::vector<torch::Tensor>& self_values, int64_t position, const std::vector<torch::Tensor>& cross_keys,
-      const std::vector<torch::Tensor>& cross_values, const c10::optional<torch::Tensor>& cross_mask,
-      int64_t group, bool need_weights) const {
+      const std::vector<torch::Tensor>& self_values, const torch::Tensor& slots, int64_t position,
+      const std::vector<torch::Tensor>& cross_keys, const std::vector<torch::Tensor>& cross_values,
+      const c10::optional<torch::Tensor>& cross_mask, int64_t group, bool need_weights) const {
     const int64_t layers = static_cast<int64_t>(layers_.size()), d = hidden_ / heads_;
     TORCH_CHECK(is_float_cpu(x_in) && x_in.dim() == 2 && x_in.size(1) == hidden_,
                 "decoder_step: x must be a contiguous float32 [rows, ", hidden_, "]");
@@ -147,17 +150,25 @@ class DecoderStep {
                     static_cast<int64_t>(cross_keys.size()) == layers &&
                     static_cast<int64_t>(cross_values.size()) == layers,
                 "decoder_step: one cache entry per layer needed");
-    const int64_t capacity = self_keys[0].size(2), source = cross_keys[0].size(2), inputs = rows / group;
+    TORCH_CHECK(slots.device().is_cpu() && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
+                    slots.dim() == 2 && slots.size(0) == rows,
+                "decoder_step: slots must be a contiguous int64 [", rows, ", capacity]");
+    const int64_t capacity = slots.size(1), source = cross_keys[0].size(2), inputs = rows / group;
+    const int64_t pool = self_keys[0].size(0);
     const auto cache_dtype = self_keys[0].scalar_type();
     TORCH_CHECK(cache_dtype == torch::kFloat || cache_dtype == torch::kBFloat16 || cache_dtype == torch::kHalf,
                 "decoder_step: caches must be float32, bfloat16 or float16");
     TORCH_CHECK(position >= 0 && position < capacity, "decoder_step: self-attention cache full (", capacity, ")");
+    const int64_t* path = slots.data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t s = 0; s <= position; ++s)
+        TORCH_CHECK(path[r * capacity + s] >= 0 && path[r * capacity + s] < pool, "decoder_step: slot ",
+                    path[r * capacity + s], " of row ", r, " is outside the pool of ", pool);
     for (int64_t l = 0; l < layers; ++l) {
       for (const auto* t : {&self_keys[l], &self_values[l]})
-        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 4 && t->size(0) == rows && t->size(1) == heads_ &&
-                        t->size(2) == capacity && t->size(3) == d,
-                    "decoder_step: a self-attention cache is not a contiguous [", rows, ", ", heads_, ", ",
-                    capacity, ", ", d, "]");
+        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 3 && t->size(0) == pool && t->size(1) == heads_ &&
+                        t->size(2) == d,
+                    "decoder_step: a self-attention cache is not a contiguous [", pool, ", ", heads_, ", ", d, "]");
       for (const auto* t : {&cross_keys[l], &cross_values[l]})
         TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 4 && t->size(0) == inputs && t->size(1) == heads_ &&
                         t->size(2) == source && t->size(3) == d,
@@ -171,20 +182,22 @@ class DecoderStep {
       mask = cross_mask->data_ptr<float>();
     }
     if (cache_dtype == torch::kBFloat16)
-      return run<c10::BFloat16>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
+      return run<c10::BFloat16>(x_in, self_keys, self_values, slots, position, cross_keys, cross_values, mask, group, need_weights);
     if (cache_dtype == torch::kHalf)
-      return run<c10::Half>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
-    return run<float>(x_in, self_keys, self_values, position, cross_keys, cross_values, mask, group, need_weights);
+      return run<c10::Half>(x_in, self_keys, self_values, slots, position, cross_keys, cross_values, mask, group, need_weights);
+    return run<float>(x_in, self_keys, self_values, slots, position, cross_keys, cross_values, mask, group, need_weights);
   }
 
  private:
   template <typename T>
   std::tuple<torch::Tensor, std::vector<torch::Tensor>, std::vector<torch::Tensor>> run(
       const torch::Tensor& x_in, const std::vector<torch::Tensor>& self_keys,
-      const std::vector<torch::Tensor>& self_values, int64_t position, const std::vector<torch::Tensor>& cross_keys,
-      const std::vector<torch::Tensor>& cross_values, const float* mask, int64_t group, bool need_weights) const {
+      const std::vector<torch::Tensor>& self_values, const torch::Tensor& slots, int64_t position,
+      const std::vector<torch::Tensor>& cross_keys, const std::vector<torch::Tensor>& cross_values, const float* mask,
+      int64_t group, bool need_weights) const {
     const int64_t layers = static_cast<int64_t>(layers_.size()), d = hidden_ / heads_, rows = x_in.size(0);
-    const int64_t capacity = self_keys[0].size(2), source = cross_keys[0].size(2);
+    const int64_t capacity = slots.size(1), source = cross_keys[0].size(2);
+    const int64_t* paths = slots.data_ptr<int64_t>();
 
     const auto options = x_in.options();
     auto x = x_in.clone();
@@ -211,7 +224,8 @@ class DecoderStep {
       const int64_t self_stride = need_weights ? position + 1 : scratch_length;
       const int64_t cross_stride = need_weights ? source : scratch_length;
 
-      // self-attention: this step's key and value into the cache, then attend over it
+      // self-attention: this step's key and value into the row's new slot, then attend over
+      // the slots of its path
       w.qkv(xs, rows, qs);
       T* keys = self_keys[l].data_ptr<T>();
       T* values = self_values[l].data_ptr<T>();
@@ -219,13 +233,15 @@ class DecoderStep {
       for (int64_t rh = 0; rh < rows * heads_; ++rh) {
         const int64_t r = rh / heads_, h = rh % heads_;
         const float* q = qs + r * 3 * hidden_ + h * d;
-        T* k = keys + rh * capacity * d;
-        T* v = values + rh * capacity * d;
+        const int64_t* path = paths + r * capacity;
+        T* k = keys + (path[position] * heads_ + h) * d;
+        T* v = values + (path[position] * heads_ + h) * d;
         for (int64_t j = 0; j < d; ++j) {  // rounded as torch rounds into the cache's dtype
-          k[position * d + j] = static_cast<T>(q[hidden_ + j]);
-          v[position * d + j] = static_cast<T>(q[2 * hidden_ + j]);
+          k[j] = static_cast<T>(q[hidden_ + j]);
+          v[j] = static_cast<T>(q[2 * hidden_ + j]);
         }
-        attend(q, k, v, position + 1, d, scale, nullptr, self_p + rh * self_stride, as + r * hidden_ + h * d);
+        attend(q, keys + h * d, values + h * d, path, heads_ * d, position + 1, d, scale, nullptr,
+               self_p + rh * self_stride, as + r * hidden_ + h * d);
       }
       w.self_out(as, rows, bs);
       add_norm(xs, bs, rows, hidden_, w.self_norm, eps_);
@@ -238,7 +254,7 @@ class DecoderStep {
       for (int64_t rh = 0; rh < rows * heads_; ++rh) {
         const int64_t r = rh / heads_, h = rh % heads_, input = r / group;
         const int64_t entry = (input * heads_ + h) * source * d;
-        attend(as + r * hidden_ + h * d, ck + entry, cv + entry, source, d, scale,
+        attend(as + r * hidden_ + h * d, ck + entry, cv + entry, nullptr, d, source, d, scale,
                mask ? mask + input * source : nullptr, cross_p + rh * cross_stride, bs + r * hidden_ + h * d);
       }
       w.cross_out(bs, rows, as);
@@ -264,6 +280,6 @@ void register_decoder_step(pybind11::module& m) {
       .def(pybind11::init<const std::vector<std::vector<torch::Tensor>>&, int64_t, int64_t, int64_t, int64_t, double>(),
            "layers (18 tensors each), hidden, intermediate, heads, activation, eps")
       .def("__call__", &DecoderStep::operator(), pybind11::call_guard<pybind11::gil_scoped_release>(),
-           "x, self_keys, self_values, position, cross_keys, cross_values, cross_mask, group, need_weights "
+           "x, self_keys, self_values, slots, position, cross_keys, cross_values, cross_mask, group, need_weights "
            "-> (x, self-attention probabilities, cross-attention probabilities)");
 }
