@@ -364,8 +364,9 @@ def native_decoder(model: EncoderDecoderModel):
 
 
 class SharedPrefixCache:
-    """The native step's self-attention keys/values: a pool of slots per layer, [slots, heads,
-    d], and a table naming the slot of each row's positions, [rows, capacity].
+    """The native step's self-attention keys/values: a pool of slots per layer, [heads, slots,
+    d] (one head's slots side by side: what one query reads stays close), and a table naming
+    the slot of each row's positions, [rows, capacity].
 
     Beams that share a prefix share its slots, so reordering beams rewrites the small table and
     moves no keys (`SelfAttentionCache.reorder` copies up to the whole cache each step), and
@@ -376,7 +377,7 @@ class SharedPrefixCache:
 
     def __init__(self, config, rows: int, capacity: int, dtype: torch.dtype, device: torch.device | str):
         pool = rows * capacity
-        shape = (pool, config.num_attention_heads, config.head_dim)
+        shape = (config.num_attention_heads, pool, config.head_dim)
         # torch.empty: a large pool is its own mapping (`kernels.map_large_allocations`), and
         # its pages cost memory only once a slot in them is written
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
@@ -391,7 +392,7 @@ class SharedPrefixCache:
         touched part stays as small as the live prefixes. Free: named by no row."""
         if not self._moved or self.length >= self.capacity:
             return
-        used = torch.zeros(self.keys[0].shape[0], dtype=torch.bool, device=self.slots.device)
+        used = torch.zeros(self.keys[0].shape[1], dtype=torch.bool, device=self.slots.device)
         used[self.slots[:, :self.length].flatten()] = True
         self.slots[:, self.length] = (~used).nonzero().squeeze(1)[:len(self.slots)]
 

@@ -535,7 +535,7 @@ def test_shared_prefix_cache_keeps_each_prefix_once(untied):
     from bertgen.generation import SharedPrefixCache
     config = untied[1].config.decoder
     cache = SharedPrefixCache(config, 4, 4, torch.float32, "cpu")
-    assert cache.keys[0].shape == (16, config.num_attention_heads, config.head_dim)
+    assert cache.keys[0].shape == (config.num_attention_heads, 16, config.head_dim)
     cache.claim()
     assert cache.slots[:, 0].tolist() == [0, 1, 2, 3] and cache.slots[0].tolist() == [0, 4, 8, 12]  # s * rows + r
     cache.advance(1)

@@ -79,6 +79,13 @@ void add_norm(float* x, const float* y, int64_t rows, int64_t hidden, const Norm
   }
 }
 
+// Asks for the cache lines of the `bytes` at `at`: a path's positions lie in scattered slots,
+// where the hardware prefetcher cannot guess the next one.
+inline void prefetch(const void* at, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(at) + b);
+}
+constexpr int64_t kPrefetchAhead = 4;  // positions
+
 // out [d] = softmax(q . key(s) * scale + mask[s]) @ value(s) over s < length; the
 // probabilities are left in probs [length]. Position s's key and value lie at
 // path[s] * stride in keys and values, or at s * d without a path. Keys and values: float32,
@@ -87,7 +94,16 @@ template <typename T>
 void attend(const float* q, const T* keys, const T* values, const int64_t* path, int64_t stride, int64_t length,
             int64_t d, float scale, const float* mask, float* probs, float* out) {
   float top = -std::numeric_limits<float>::infinity();
+  if (path)  // the values too: read after the keys, they are in cache by then
+    for (int64_t s = 0; s < std::min(length, kPrefetchAhead); ++s) {
+      prefetch(keys + path[s] * stride, d * sizeof(T));
+      prefetch(values + path[s] * stride, d * sizeof(T));
+    }
   for (int64_t s = 0; s < length; ++s) {
+    if (path && s + kPrefetchAhead < length) {
+      prefetch(keys + path[s + kPrefetchAhead] * stride, d * sizeof(T));
+      prefetch(values + path[s + kPrefetchAhead] * stride, d * sizeof(T));
+    }
     const T* k = keys + (path ? path[s] * stride : s * d);
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
@@ -128,7 +144,7 @@ class DecoderStep {
     }
   }
 
-  // x [rows, hidden]: the new tokens' embeddings. self_keys/values[l] [slots, heads, d]: a pool
+  // x [rows, hidden]: the new tokens' embeddings. self_keys/values[l] [heads, slots, d]: a pool
   // of slots; slots [rows, capacity] (int64) names the slot of each row's positions, and this
   // step's key and value go to slot slots[row, position], which no other row may name (rows
   // whose hypotheses share a prefix name the same slots for it). cross_keys/values[l] [rows /
@@ -154,7 +170,7 @@ class DecoderStep {
                     slots.dim() == 2 && slots.size(0) == rows,
                 "decoder_step: slots must be a contiguous int64 [", rows, ", capacity]");
     const int64_t capacity = slots.size(1), source = cross_keys[0].size(2), inputs = rows / group;
-    const int64_t pool = self_keys[0].size(0);
+    const int64_t pool = self_keys[0].size(1);
     const auto cache_dtype = self_keys[0].scalar_type();
     TORCH_CHECK(cache_dtype == torch::kFloat || cache_dtype == torch::kBFloat16 || cache_dtype == torch::kHalf,
                 "decoder_step: caches must be float32, bfloat16 or float16");
@@ -166,9 +182,9 @@ class DecoderStep {
                     path[r * capacity + s], " of row ", r, " is outside the pool of ", pool);
     for (int64_t l = 0; l < layers; ++l) {
       for (const auto* t : {&self_keys[l], &self_values[l]})
-        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 3 && t->size(0) == pool && t->size(1) == heads_ &&
+        TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 3 && t->size(0) == heads_ && t->size(1) == pool &&
                         t->size(2) == d,
-                    "decoder_step: a self-attention cache is not a contiguous [", pool, ", ", heads_, ", ", d, "]");
+                    "decoder_step: a self-attention cache is not a contiguous [", heads_, ", ", pool, ", ", d, "]");
       for (const auto* t : {&cross_keys[l], &cross_values[l]})
         TORCH_CHECK(is_float_cpu(*t, cache_dtype) && t->dim() == 4 && t->size(0) == inputs && t->size(1) == heads_ &&
                         t->size(2) == source && t->size(3) == d,
@@ -196,7 +212,7 @@ class DecoderStep {
       const std::vector<torch::Tensor>& cross_keys, const std::vector<torch::Tensor>& cross_values, const float* mask,
       int64_t group, bool need_weights) const {
     const int64_t layers = static_cast<int64_t>(layers_.size()), d = hidden_ / heads_, rows = x_in.size(0);
-    const int64_t capacity = slots.size(1), source = cross_keys[0].size(2);
+    const int64_t capacity = slots.size(1), source = cross_keys[0].size(2), pool = self_keys[0].size(1);
     const int64_t* paths = slots.data_ptr<int64_t>();
 
     const auto options = x_in.options();
@@ -234,13 +250,13 @@ class DecoderStep {
         const int64_t r = rh / heads_, h = rh % heads_;
         const float* q = qs + r * 3 * hidden_ + h * d;
         const int64_t* path = paths + r * capacity;
-        T* k = keys + (path[position] * heads_ + h) * d;
-        T* v = values + (path[position] * heads_ + h) * d;
+        T* k = keys + (h * pool + path[position]) * d;
+        T* v = values + (h * pool + path[position]) * d;
         for (int64_t j = 0; j < d; ++j) {  // rounded as torch rounds into the cache's dtype
           k[j] = static_cast<T>(q[hidden_ + j]);
           v[j] = static_cast<T>(q[2 * hidden_ + j]);
         }
-        attend(q, keys + h * d, values + h * d, path, heads_ * d, position + 1, d, scale, nullptr,
+        attend(q, keys + h * pool * d, values + h * pool * d, path, d, position + 1, d, scale, nullptr,
                self_p + rh * self_stride, as + r * hidden_ + h * d);
       }
       w.self_out(as, rows, bs);
