@@ -605,18 +605,22 @@ def _beam_loop(model, enc_hidden, attention_mask, s: GenerationSettings, record:
         if record is not None:
             record.add(active, self_probs, cross_probs)
         a = len(active)
+        # [rows, vocab] scores: one at a time where possible, none left when the next step
+        # makes its own (a large beam batch's are 6.4 MB each: peak memory)
         logp = F.log_softmax(logits.float(), dim=-1)
+        del logits
         logp = process_scores(s, run_seq.view(a * nb, -1)[:, :cur_len], logp, eos)
         if s.do_sample:
             logp = warp_scores(s, logp, min_keep=1 + len(s.eos_ids))
         vocab = logp.shape[-1]
-        total = (logp.view(a, nb, vocab) + run_score[:, :, None]).view(a, nb * vocab)
+        total = logp.view(a, nb, vocab).add_(run_score[:, :, None]).view(a, nb * vocab)
+        del logp
         if s.do_sample:
             cand = torch.multinomial(F.softmax(total, dim=-1), keep, generator=gen)
             cand_score = total.gather(1, cand)
         else:
             cand_score, cand = torch.topk(total, keep)
-        del logits, logp, total  # [rows, vocab] each: gone before the next step makes its own
+        del total
         src, tok = cand // vocab, cand % vocab
         cand_seq = gather(run_seq, src)
         cand_seq[:, :, cur_len] = tok
