@@ -88,23 +88,22 @@ constexpr int64_t kPrefetchAhead = 4;  // positions
 
 // out [d] = softmax(q . key(s) * scale + mask[s]) @ value(s) over s < length; the
 // probabilities are left in probs [length]. Position s's key and value lie at
-// path[s] * stride in keys and values, or at s * d without a path. Keys and values: float32,
+// path[s] * stride in keys and values, or at s * stride without a path. Keys and values: float32,
 // or a half-precision cache (`cache_dtype`) read as float32, as the Python step does.
 template <typename T>
 void attend(const float* q, const T* keys, const T* values, const int64_t* path, int64_t stride, int64_t length,
             int64_t d, float scale, const float* mask, float* probs, float* out) {
+  const auto at = [&](int64_t s) { return (path ? path[s] : s) * stride; };
+  const auto ask_for = [&](int64_t s) {  // the values too: read after the keys, in cache by then
+    prefetch(keys + at(s), d * sizeof(T));
+    prefetch(values + at(s), d * sizeof(T));
+  };
   float top = -std::numeric_limits<float>::infinity();
-  if (path)  // the values too: read after the keys, they are in cache by then
-    for (int64_t s = 0; s < std::min(length, kPrefetchAhead); ++s) {
-      prefetch(keys + path[s] * stride, d * sizeof(T));
-      prefetch(values + path[s] * stride, d * sizeof(T));
-    }
+  if (path)
+    for (int64_t s = 0; s < std::min(length, kPrefetchAhead); ++s) ask_for(s);
   for (int64_t s = 0; s < length; ++s) {
-    if (path && s + kPrefetchAhead < length) {
-      prefetch(keys + path[s + kPrefetchAhead] * stride, d * sizeof(T));
-      prefetch(values + path[s + kPrefetchAhead] * stride, d * sizeof(T));
-    }
-    const T* k = keys + (path ? path[s] * stride : s * d);
+    if (path && s + kPrefetchAhead < length) ask_for(s + kPrefetchAhead);
+    const T* k = keys + at(s);
     float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < d; ++j) dot += q[j] * static_cast<float>(k[j]);
@@ -117,7 +116,7 @@ void attend(const float* q, const T* keys, const T* values, const int64_t* path,
   std::fill(out, out + d, 0.f);
   for (int64_t s = 0; s < length; ++s) {
     const float p = probs[s] *= inverse;
-    const T* v = values + (path ? path[s] * stride : s * d);
+    const T* v = values + at(s);
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) out[j] += p * static_cast<float>(v[j]);
   }
